@@ -1,0 +1,313 @@
+//! The embedded backend: one fjall database in the data directory, fsync'd on every append
+//! batch (the dispatcher groups concurrent publishes into one batch, so one fsync serves many).
+
+use crate::codec;
+use crate::{
+    AppendBatch, ChannelMeta, IdempotencyRecord, Retention, Store, StoreError, StoredMessage,
+    TrimOutcome,
+};
+use async_trait::async_trait;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Settings of the embedded store.
+#[derive(Clone, Debug)]
+pub struct FjallOptions {
+    pub path: PathBuf,
+    /// fsync each append batch (the durable-publish guarantee). Only benchmarks of the
+    /// non-durable path turn this off.
+    pub fsync: bool,
+    /// Block cache size in bytes.
+    pub cache_bytes: u64,
+}
+
+impl FjallOptions {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            fsync: true,
+            cache_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+struct Inner {
+    db: Database,
+    messages: Keyspace,
+    heads: Keyspace,
+    lows: Keyspace,
+    idempotency: Keyspace,
+    fsync: bool,
+}
+
+/// Embedded [`Store`] over fjall.
+#[derive(Clone)]
+pub struct FjallStore {
+    inner: Arc<Inner>,
+}
+
+impl FjallStore {
+    /// Opens (or creates) the store in `opts.path`.
+    pub fn open(opts: FjallOptions) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(&opts.path)
+            .map_err(|e| StoreError::Engine(format!("create {}: {e}", opts.path.display())))?;
+        let db = Database::builder(&opts.path)
+            .cache_size(opts.cache_bytes)
+            .open()?;
+        let messages = db.keyspace("messages", KeyspaceCreateOptions::default)?;
+        let heads = db.keyspace("heads", KeyspaceCreateOptions::default)?;
+        let lows = db.keyspace("lows", KeyspaceCreateOptions::default)?;
+        let idempotency = db.keyspace("idempotency", KeyspaceCreateOptions::default)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db,
+                messages,
+                heads,
+                lows,
+                idempotency,
+                fsync: opts.fsync,
+            }),
+        })
+    }
+
+    async fn blocking<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+}
+
+impl Inner {
+    fn meta(&self, channel: &str) -> Result<Option<ChannelMeta>, StoreError> {
+        let Some(head) = self.heads.get(channel.as_bytes())? else {
+            return Ok(None);
+        };
+        let [epoch, last_seq] = codec::decode_u64s::<2>("channel head", &head)?;
+        let first_seq = match self.lows.get(channel.as_bytes())? {
+            Some(raw) => codec::decode_u64s::<1>("channel low", &raw)?[0],
+            None => 1,
+        };
+        Ok(Some(ChannelMeta {
+            epoch,
+            last_seq,
+            first_seq: first_seq.min(last_seq + 1),
+        }))
+    }
+
+    fn read_range(
+        &self,
+        channel: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let Some(from) = after.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        let prefix_len = codec::channel_prefix(channel)?.len();
+        let start = codec::message_key(channel, from)?;
+        let end = codec::message_key(channel, u64::MAX)?;
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for guard in self.messages.range(start..=end).take(limit) {
+            let (key, value) = guard.into_inner()?;
+            let seq = codec::seq_of_key(&key, prefix_len)?;
+            let (epoch, ts_ms, event, data) = codec::decode_message(&value)?;
+            out.push(StoredMessage {
+                seq,
+                epoch,
+                ts_ms,
+                event,
+                data,
+            });
+        }
+        Ok(out)
+    }
+
+    fn append(&self, batch: AppendBatch) -> Result<(), StoreError> {
+        if batch.entries.is_empty() {
+            return Ok(());
+        }
+        let mut wb = self.db.batch();
+        if self.fsync {
+            wb = wb.durability(Some(PersistMode::SyncAll));
+        }
+        let mut heads: HashMap<&str, (u64, u64)> = HashMap::new();
+        for e in &batch.entries {
+            wb.insert(
+                &self.messages,
+                codec::message_key(&e.channel, e.seq)?,
+                codec::encode_message(e.epoch, e.ts_ms, &e.event, &e.data)?,
+            );
+            if let Some((key, expires)) = &e.idempotency {
+                wb.insert(
+                    &self.idempotency,
+                    codec::idempotency_key(&e.channel, key)?,
+                    codec::encode_u64s([e.epoch, e.seq, *expires]),
+                );
+            }
+            let head = heads.entry(e.channel.as_str()).or_insert((e.epoch, e.seq));
+            if e.seq >= head.1 {
+                *head = (e.epoch, e.seq);
+            }
+        }
+        for (channel, (epoch, seq)) in heads {
+            wb.insert(
+                &self.heads,
+                channel.as_bytes(),
+                codec::encode_u64s([epoch, seq]),
+            );
+        }
+        wb.commit()?;
+        Ok(())
+    }
+
+    fn trim(
+        &self,
+        channel: &str,
+        retention: Retention,
+        now_ms: u64,
+    ) -> Result<TrimOutcome, StoreError> {
+        let Some(meta) = self.meta(channel)? else {
+            return Ok(TrimOutcome::default());
+        };
+        let by_count = meta
+            .last_seq
+            .saturating_sub(retention.max_count)
+            .saturating_add(1);
+        let mut new_first = meta.first_seq.max(by_count);
+        let age_ms = u64::try_from(retention.max_age.as_millis()).unwrap_or(u64::MAX);
+        let cutoff = now_ms.saturating_sub(age_ms);
+        // Age: walk forward from the first kept message while it is too old.
+        for msg in self.read_range(channel, new_first.saturating_sub(1), usize::MAX)? {
+            if msg.ts_ms >= cutoff {
+                break;
+            }
+            new_first = msg.seq + 1;
+        }
+        if new_first <= meta.first_seq {
+            return Ok(TrimOutcome {
+                removed: 0,
+                first_seq: meta.first_seq,
+            });
+        }
+        let start = codec::message_key(channel, 0)?;
+        let end = codec::message_key(channel, new_first)?;
+        let mut wb = self.db.batch();
+        let mut removed = 0u64;
+        for guard in self.messages.range(start..end) {
+            let (key, _) = guard.into_inner()?;
+            wb.remove(&self.messages, key);
+            removed += 1;
+        }
+        wb.insert(
+            &self.lows,
+            channel.as_bytes(),
+            codec::encode_u64s([new_first]),
+        );
+        wb.commit()?;
+        Ok(TrimOutcome {
+            removed,
+            first_seq: new_first,
+        })
+    }
+}
+
+#[async_trait]
+impl Store for FjallStore {
+    async fn channel_meta(&self, channel: &str) -> Result<Option<ChannelMeta>, StoreError> {
+        let channel = channel.to_owned();
+        self.blocking(move |s| s.meta(&channel)).await
+    }
+
+    async fn append(&self, batch: AppendBatch) -> Result<(), StoreError> {
+        self.blocking(move |s| s.append(batch)).await
+    }
+
+    async fn read_range(
+        &self,
+        channel: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let channel = channel.to_owned();
+        self.blocking(move |s| s.read_range(&channel, after, limit))
+            .await
+    }
+
+    async fn idempotency_get(
+        &self,
+        channel: &str,
+        key: &str,
+        now_ms: u64,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let k = codec::idempotency_key(channel, key)?;
+        self.blocking(move |s| {
+            let Some(raw) = s.idempotency.get(&k)? else {
+                return Ok(None);
+            };
+            let [epoch, seq, expires_at_ms] = codec::decode_u64s::<3>("idempotency", &raw)?;
+            Ok((expires_at_ms > now_ms).then_some(IdempotencyRecord {
+                epoch,
+                seq,
+                expires_at_ms,
+            }))
+        })
+        .await
+    }
+
+    async fn trim(
+        &self,
+        channel: &str,
+        retention: Retention,
+        now_ms: u64,
+    ) -> Result<TrimOutcome, StoreError> {
+        let channel = channel.to_owned();
+        self.blocking(move |s| s.trim(&channel, retention, now_ms))
+            .await
+    }
+
+    async fn list_channels(&self) -> Result<Vec<String>, StoreError> {
+        self.blocking(|s| {
+            let mut out = Vec::new();
+            for guard in s.heads.iter() {
+                let (key, _) = guard.into_inner()?;
+                let name = std::str::from_utf8(&key).map_err(|_| StoreError::Corrupt {
+                    what: "channel head",
+                    detail: "name not utf-8".into(),
+                })?;
+                out.push(name.to_owned());
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn expire_idempotency(&self, now_ms: u64) -> Result<u64, StoreError> {
+        self.blocking(move |s| {
+            let mut wb = s.db.batch();
+            let mut removed = 0;
+            for guard in s.idempotency.iter() {
+                let (key, value) = guard.into_inner()?;
+                let [_, _, expires] = codec::decode_u64s::<3>("idempotency", &value)?;
+                if expires <= now_ms {
+                    wb.remove(&s.idempotency, key);
+                    removed += 1;
+                }
+            }
+            wb.commit()?;
+            Ok(removed)
+        })
+        .await
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.blocking(|s| Ok(s.db.persist(PersistMode::SyncAll)?))
+            .await
+    }
+}

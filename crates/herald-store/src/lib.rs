@@ -1,0 +1,64 @@
+//! Durable per-channel message log for Herald: the [`Store`] trait every backend implements,
+//! the embedded [`FjallStore`], and the conformance suite every backend must pass.
+
+mod codec;
+pub mod conformance;
+mod error;
+mod fjall_store;
+mod types;
+
+pub use error::StoreError;
+pub use fjall_store::{FjallOptions, FjallStore};
+pub use types::{
+    AppendBatch, AppendEntry, ChannelMeta, IdempotencyRecord, Retention, StoredMessage, TrimOutcome,
+};
+
+use async_trait::async_trait;
+
+/// A durable, per-channel, seq-ordered message log plus the small tables Herald needs.
+///
+/// Sequencing is the caller's job (the dispatcher assigns `(epoch, seq)`); the store only
+/// persists what it is given, durably, before `append` returns.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Epoch, last written seq and first retained seq of a channel; `None` if never written.
+    async fn channel_meta(&self, channel: &str) -> Result<Option<ChannelMeta>, StoreError>;
+
+    /// Writes all entries (and their idempotency records) durably; returns once they would
+    /// survive a crash of this process.
+    async fn append(&self, batch: AppendBatch) -> Result<(), StoreError>;
+
+    /// Messages of `channel` with `seq > after`, ascending, at most `limit`.
+    async fn read_range(
+        &self,
+        channel: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError>;
+
+    /// The record of an earlier publish with this idempotency key, if it has not expired.
+    async fn idempotency_get(
+        &self,
+        channel: &str,
+        key: &str,
+        now_ms: u64,
+    ) -> Result<Option<IdempotencyRecord>, StoreError>;
+
+    /// Applies retention to one channel: drops messages beyond `retention` and advances the
+    /// channel's first retained seq.
+    async fn trim(
+        &self,
+        channel: &str,
+        retention: Retention,
+        now_ms: u64,
+    ) -> Result<TrimOutcome, StoreError>;
+
+    /// Every channel that has ever been written (for retention sweeps).
+    async fn list_channels(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Removes idempotency records that expired before `now_ms`; returns how many.
+    async fn expire_idempotency(&self, now_ms: u64) -> Result<u64, StoreError>;
+
+    /// Makes everything written so far durable (used at shutdown).
+    async fn flush(&self) -> Result<(), StoreError>;
+}

@@ -1,0 +1,67 @@
+use bytes::Bytes;
+use std::time::Duration;
+
+/// Where a channel's log stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChannelMeta {
+    /// Identifies this incarnation of the channel's log; cursors from another epoch are reset.
+    pub epoch: u64,
+    /// Highest seq ever written (0 when none).
+    pub last_seq: u64,
+    /// Lowest seq still retained; `last_seq + 1` when every message has been trimmed.
+    pub first_seq: u64,
+}
+
+/// One stored message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub seq: u64,
+    pub epoch: u64,
+    pub ts_ms: u64,
+    pub event: String,
+    /// The publisher's JSON, on one line.
+    pub data: Bytes,
+}
+
+/// One message to append, already sequenced.
+#[derive(Clone, Debug)]
+pub struct AppendEntry {
+    pub channel: String,
+    pub epoch: u64,
+    pub seq: u64,
+    pub ts_ms: u64,
+    pub event: String,
+    pub data: Bytes,
+    /// Idempotency key and the time (ms) its record expires.
+    pub idempotency: Option<(String, u64)>,
+}
+
+/// A group of entries written with one durable commit. Entries of one channel are in seq order.
+#[derive(Clone, Debug, Default)]
+pub struct AppendBatch {
+    pub entries: Vec<AppendEntry>,
+}
+
+/// What an earlier publish with the same idempotency key returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    pub epoch: u64,
+    pub seq: u64,
+    pub expires_at_ms: u64,
+}
+
+/// How much of a channel's log to keep.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// Keep at most this many most recent messages.
+    pub max_count: u64,
+    /// Drop messages older than this.
+    pub max_age: Duration,
+}
+
+/// Result of one trim.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrimOutcome {
+    pub removed: u64,
+    pub first_seq: u64,
+}
