@@ -1,0 +1,330 @@
+//! The publish side of Herald: validates publishes against namespace policy, assigns each
+//! reliable message its `(epoch, seq)`, writes it durably (group commit) and hands it to the
+//! fabric. Ephemeral messages skip the store.
+
+mod error;
+mod policy;
+mod retention;
+mod sequencer;
+mod stats;
+
+pub use error::{ErrorKind, PublishError};
+pub use policy::{NamespacePolicy, Policies};
+pub use stats::DispatcherStats;
+
+use bytes::Bytes;
+use herald_fabric::{Fabric, FabricMessage};
+use herald_proto::PublishResult;
+use herald_store::Store;
+use sequencer::{Job, Sequencer};
+use stats::Counters;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+/// Longest idempotency or conflation key accepted.
+pub const MAX_KEY_LEN: usize = 128;
+
+/// One validated-shape publish (the HTTP layer has parsed JSON; policy checks happen here).
+#[derive(Clone, Debug)]
+pub struct PublishItem {
+    pub channel: String,
+    pub event: Option<String>,
+    /// The publisher's JSON, on one line.
+    pub data: Bytes,
+    pub idempotency_key: Option<String>,
+    pub ephemeral: bool,
+    pub conflation_key: Option<String>,
+}
+
+/// Tunables of the dispatcher.
+#[derive(Clone, Debug)]
+pub struct DispatcherConfig {
+    pub policies: Policies,
+    /// Most messages written by one group commit.
+    pub max_group: usize,
+    /// Publish requests waiting for the sequencer before publishers are pushed back.
+    pub queue_jobs: usize,
+    /// Longest a publish waits for its durable write.
+    pub publish_timeout: Duration,
+    /// How often retention is applied to recently written channels.
+    pub sweep_interval: Duration,
+    /// How long an idempotency key dedupes retries.
+    pub idempotency_window: Duration,
+}
+
+impl Default for DispatcherConfig {
+    fn default() -> Self {
+        Self {
+            policies: Policies::default(),
+            max_group: 8192,
+            queue_jobs: 4096,
+            publish_timeout: Duration::from_secs(10),
+            sweep_interval: Duration::from_secs(5),
+            idempotency_window: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// The publish side: shared by all request handlers.
+pub struct Dispatcher {
+    jobs: mpsc::Sender<Job>,
+    fabric: Arc<dyn Fabric>,
+    store: Arc<dyn Store>,
+    config: DispatcherConfig,
+    counters: Arc<Counters>,
+    closed: AtomicBool,
+    stop: watch::Sender<bool>,
+    tasks: parking_lot::Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Dispatcher {
+    /// Starts the sequencer and the retention sweeper. Must be called inside a tokio runtime.
+    pub fn start(
+        store: Arc<dyn Store>,
+        fabric: Arc<dyn Fabric>,
+        config: DispatcherConfig,
+    ) -> Arc<Self> {
+        let (jobs_tx, jobs_rx) = mpsc::channel(config.queue_jobs.max(1));
+        let (stop, stop_rx) = watch::channel(false);
+        let counters = Arc::new(Counters::default());
+        let (dirty_tx, dirty_rx) = mpsc::channel(65_536);
+        let sequencer = Sequencer::new(
+            store.clone(),
+            fabric.clone(),
+            counters.clone(),
+            config.max_group,
+            config.idempotency_window,
+            dirty_tx,
+        );
+        let seq_task = tokio::spawn(sequencer.run(jobs_rx, stop_rx.clone()));
+        let sweeper = retention::Sweeper::new(
+            store.clone(),
+            config.policies.clone(),
+            config.sweep_interval,
+            counters.clone(),
+        );
+        let sweep_task = tokio::spawn(sweeper.run(dirty_rx, stop_rx));
+        Arc::new(Self {
+            jobs: jobs_tx,
+            fabric,
+            store,
+            config,
+            counters,
+            closed: AtomicBool::new(false),
+            stop,
+            tasks: parking_lot::Mutex::new(vec![seq_task, sweep_task]),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn policies(&self) -> &Policies {
+        &self.config.policies
+    }
+
+    /// Checks every item against its namespace's policy; nothing is published unless all pass.
+    pub fn validate(&self, publisher: &str, items: &[PublishItem]) -> Result<(), PublishError> {
+        for item in items {
+            herald_proto::validate_channel(&item.channel)
+                .map_err(|e| PublishError::bad_request("invalid_channel", e.to_string()))?;
+            let policy = self.config.policies.for_channel(&item.channel);
+            if !policy.may_publish(publisher) {
+                return Err(PublishError::new(
+                    ErrorKind::Forbidden,
+                    "publisher_not_allowed",
+                    format!(
+                        "this API key may not publish to namespace '{}'",
+                        herald_proto::namespace_of(&item.channel)
+                    ),
+                ));
+            }
+            if let Some(event) = &item.event {
+                herald_proto::validate_event_name(event)
+                    .map_err(|e| PublishError::bad_request("invalid_event", e.to_string()))?;
+            }
+            if item.data.is_empty() {
+                return Err(PublishError::bad_request(
+                    "empty_data",
+                    "`data` is required and must not be null",
+                ));
+            }
+            if item.data.len() > policy.max_payload {
+                return Err(PublishError::new(
+                    ErrorKind::TooLarge,
+                    "payload_too_large",
+                    format!(
+                        "data is {} bytes; namespace limit is {}",
+                        item.data.len(),
+                        policy.max_payload
+                    ),
+                ));
+            }
+            if policy.ephemeral_only && !item.ephemeral {
+                return Err(PublishError::bad_request(
+                    "ephemeral_only",
+                    "this namespace only takes ephemeral messages (set \"ephemeral\": true)",
+                ));
+            }
+            check_key("idempotency_key", item.idempotency_key.as_deref())?;
+            check_key("conflation_key", item.conflation_key.as_deref())?;
+            if item.conflation_key.is_some() && !item.ephemeral {
+                return Err(PublishError::bad_request(
+                    "invalid_conflation_key",
+                    "conflation_key is only allowed on ephemeral messages",
+                ));
+            }
+            if item.idempotency_key.is_some() && item.ephemeral {
+                return Err(PublishError::bad_request(
+                    "invalid_idempotency_key",
+                    "idempotency_key is only allowed on reliable messages",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes validated items; returns their results in input order once every reliable
+    /// item is durably stored.
+    pub async fn publish(
+        &self,
+        publisher: &str,
+        items: Vec<PublishItem>,
+    ) -> Result<Vec<PublishResult>, PublishError> {
+        self.validate(publisher, &items)?;
+        if self.closed.load(Ordering::Acquire) {
+            return Err(PublishError::unavailable(
+                "shutting_down",
+                "server is shutting down",
+            ));
+        }
+        let mut results: Vec<Option<PublishResult>> = vec![None; items.len()];
+        let mut reliable = Vec::new();
+        let mut ephemeral = Vec::new();
+        let now = now_ms();
+        for (i, item) in items.into_iter().enumerate() {
+            if item.ephemeral {
+                results[i] = Some(PublishResult {
+                    channel: item.channel.clone(),
+                    epoch: None,
+                    seq: None,
+                    duplicate: false,
+                });
+                ephemeral.push(FabricMessage {
+                    channel: Arc::from(item.channel.as_str()),
+                    epoch: 0,
+                    seq: 0,
+                    ts_ms: now,
+                    event: Arc::from(item.event.as_deref().unwrap_or("message")),
+                    data: item.data,
+                    conflation_key: item.conflation_key.as_deref().map(Arc::from),
+                });
+            } else {
+                reliable.push((i, item));
+            }
+        }
+        if !ephemeral.is_empty() {
+            self.counters.add_ephemeral(ephemeral.len() as u64);
+            self.fabric
+                .publish(ephemeral)
+                .await
+                .map_err(|e| PublishError::unavailable("fabric_unavailable", e.to_string()))?;
+        }
+        if !reliable.is_empty() {
+            let (reply, done) = oneshot::channel();
+            let job = Job {
+                items: reliable,
+                reply,
+            };
+            let deadline = self.config.publish_timeout;
+            let sent = tokio::time::timeout(deadline, self.jobs.send(job)).await;
+            match sent {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    return Err(PublishError::unavailable(
+                        "shutting_down",
+                        "server is shutting down",
+                    ))
+                }
+                Err(_) => {
+                    return Err(PublishError::unavailable(
+                        "overloaded",
+                        "the sequencer queue stayed full",
+                    ))
+                }
+            }
+            let outcome = tokio::time::timeout(deadline, done)
+                .await
+                .map_err(|_| {
+                    PublishError::unavailable("store_timeout", "durable write timed out")
+                })?
+                .map_err(|_| {
+                    PublishError::unavailable("shutting_down", "server is shutting down")
+                })??;
+            for (i, r) in outcome {
+                results[i] = Some(r);
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| {
+                r.ok_or_else(|| {
+                    PublishError::unavailable("internal", "a publish result was lost")
+                })
+            })
+            .collect()
+    }
+
+    pub fn stats(&self) -> DispatcherStats {
+        self.counters.snapshot()
+    }
+
+    /// Stops taking publishes, lets queued ones finish, stops background tasks and flushes the
+    /// store, all within `timeout`.
+    pub async fn shutdown(&self, timeout: Duration) {
+        self.closed.store(true, Ordering::Release);
+        let _ = self.stop.send(true);
+        let tasks: Vec<JoinHandle<()>> = std::mem::take(&mut *self.tasks.lock());
+        // The sequencer finishes the jobs already queued, then both tasks end.
+        let deadline = tokio::time::Instant::now() + timeout;
+        for t in tasks {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if tokio::time::timeout(left, t).await.is_err() {
+                tracing::warn!("dispatcher task did not stop in time");
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
+        }
+        if let Err(e) = self.store.flush().await {
+            tracing::error!(error = %e, "store flush at shutdown failed");
+        }
+    }
+}
+
+fn check_key(field: &'static str, key: Option<&str>) -> Result<(), PublishError> {
+    let Some(key) = key else { return Ok(()) };
+    if key.is_empty() || key.len() > MAX_KEY_LEN || key.chars().any(char::is_control) {
+        return Err(PublishError::bad_request(
+            if field == "idempotency_key" {
+                "invalid_idempotency_key"
+            } else {
+                "invalid_conflation_key"
+            },
+            format!("{field} must be 1..={MAX_KEY_LEN} bytes without control characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,238 @@
+//! Channel → local subscribers, with a small ring of each channel's recent messages.
+//! Fan-out and attach take the same per-channel lock, so a subscriber joins at an exact
+//! position: everything after it is either handed over from the ring or fanned out live.
+
+use crate::message::Message;
+use crate::queue::{ConnQueue, Item, Pushed};
+use crate::stats::Counters;
+use herald_fabric::Fabric;
+use herald_proto::Position;
+use parking_lot::{Mutex, RwLock};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const SHARDS: usize = 64;
+
+/// One channel on this node.
+pub struct Slot {
+    pub channel: Arc<str>,
+    inner: Mutex<SlotInner>,
+}
+
+struct SlotInner {
+    ring: VecDeque<Arc<Message>>,
+    epoch: u64,
+    /// Last seq fanned out here; `None` until the first message arrives.
+    head: Option<u64>,
+    subs: Vec<(Arc<ConnQueue>, u16)>,
+    idle_since: Option<Instant>,
+}
+
+/// What a delivery found.
+pub enum Delivered {
+    Done,
+    /// Messages `after+1 ..= before-1` never arrived: repair from the store first.
+    Gap { after: u64 },
+}
+
+/// What an attach found.
+pub enum Attached {
+    Live,
+    /// The ring does not reach back to the position: read the store up to the ring first.
+    NeedStore,
+    Closed,
+}
+
+pub struct Hub {
+    shards: Vec<RwLock<HashMap<Arc<str>, Arc<Slot>>>>,
+    ring_cap: usize,
+    fabric: Arc<dyn Fabric>,
+    counters: Arc<Counters>,
+}
+
+impl Hub {
+    pub(crate) fn new(ring_cap: usize, fabric: Arc<dyn Fabric>, counters: Arc<Counters>) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            ring_cap,
+            fabric,
+            counters,
+        }
+    }
+
+    fn shard(&self, channel: &str) -> &RwLock<HashMap<Arc<str>, Arc<Slot>>> {
+        let h = herald_proto::channel_hash(channel) as usize;
+        &self.shards[h % SHARDS]
+    }
+
+    pub fn get(&self, channel: &str) -> Option<Arc<Slot>> {
+        self.shard(channel).read().get(channel).cloned()
+    }
+
+    /// The channel's slot, created (and the fabric told of our interest) if needed.
+    pub fn slot(&self, channel: &str) -> Arc<Slot> {
+        if let Some(s) = self.get(channel) {
+            return s;
+        }
+        let mut map = self.shard(channel).write();
+        if let Some(s) = map.get(channel) {
+            return s.clone();
+        }
+        let name: Arc<str> = Arc::from(channel);
+        let slot = Arc::new(Slot {
+            channel: name.clone(),
+            inner: Mutex::new(SlotInner {
+                ring: VecDeque::new(),
+                epoch: 0,
+                head: None,
+                subs: Vec::new(),
+                idle_since: Some(Instant::now()),
+            }),
+        });
+        map.insert(name, slot.clone());
+        drop(map);
+        self.counters.channels.fetch_add(1, Relaxed);
+        self.fabric.set_interest(channel, true);
+        slot
+    }
+
+    /// Fans a message out to the channel's local subscribers.
+    pub fn deliver(&self, msg: &Arc<Message>) -> Delivered {
+        let Some(slot) = self.get(&msg.channel) else {
+            return Delivered::Done;
+        };
+        let mut g = slot.inner.lock();
+        if !msg.is_ephemeral() {
+            if let Some(head) = g.head {
+                if msg.epoch == g.epoch {
+                    if msg.seq <= head {
+                        return Delivered::Done;
+                    }
+                    if msg.seq > head + 1 {
+                        return Delivered::Gap { after: head };
+                    }
+                }
+            }
+            g.head = Some(msg.seq);
+            g.epoch = msg.epoch;
+            if g.ring.len() >= self.ring_cap {
+                g.ring.pop_front();
+            }
+            if self.ring_cap > 0 {
+                g.ring.push_back(msg.clone());
+            }
+        }
+        let mut i = 0;
+        while i < g.subs.len() {
+            let (q, idx) = &g.subs[i];
+            let item = if msg.is_ephemeral() {
+                Item::Ephemeral(msg.clone(), *idx)
+            } else {
+                Item::Reliable(msg.clone(), *idx)
+            };
+            match q.push(item) {
+                Pushed::Queued => {}
+                Pushed::Conflated => Counters::bump(&self.counters.ephemeral_conflated),
+                Pushed::Dropped => {
+                    if !q.is_closed() {
+                        Counters::bump(&self.counters.ephemeral_dropped);
+                    }
+                }
+                Pushed::Overflow => {
+                    Counters::bump(&self.counters.slow_disconnects);
+                    g.subs.swap_remove(i);
+                    self.counters.subscriptions.fetch_sub(1, Relaxed);
+                    continue;
+                }
+            }
+            i += 1;
+        }
+        if g.subs.is_empty() && g.idle_since.is_none() {
+            g.idle_since = Some(Instant::now());
+        }
+        Delivered::Done
+    }
+
+    /// Where the channel stands on this node, if a message has been seen: `(epoch, head)`.
+    pub fn head(&self, slot: &Slot) -> Option<Position> {
+        let g = slot.inner.lock();
+        g.head.map(|seq| Position {
+            epoch: g.epoch,
+            seq,
+        })
+    }
+
+    /// Joins `queue` to the channel after position `after` if the ring covers everything
+    /// since then, handing over the ring's newer messages first.
+    pub fn attach(&self, slot: &Slot, queue: &Arc<ConnQueue>, idx: u16, after: Position) -> Attached {
+        let mut g = slot.inner.lock();
+        if queue.is_closed() {
+            return Attached::Closed;
+        }
+        let covered = match g.ring.front() {
+            // Nothing fanned out since the slot was made, or nothing kept: only a position
+            // at (or past) the head can join without the store.
+            None => g.head.is_none_or(|h| after.seq >= h),
+            Some(first) => {
+                let same_epoch = after.epoch == g.epoch || after.epoch == 0;
+                same_epoch && first.seq <= after.seq + 1
+            }
+        };
+        if !covered {
+            return Attached::NeedStore;
+        }
+        for m in g.ring.iter().filter(|m| m.seq > after.seq) {
+            if !queue.push_unbounded(Item::Reliable(m.clone(), idx)) {
+                return Attached::Closed;
+            }
+        }
+        g.subs.push((queue.clone(), idx));
+        g.idle_since = None;
+        self.counters.subscriptions.fetch_add(1, Relaxed);
+        Attached::Live
+    }
+
+    /// Whether the ring alone can serve a resume from `after` (no store read needed).
+    pub fn ring_covers(&self, slot: &Slot, after: Position) -> bool {
+        let g = slot.inner.lock();
+        match (g.ring.front(), g.head) {
+            (Some(first), Some(head)) => {
+                after.epoch == g.epoch && first.seq <= after.seq + 1 && after.seq <= head
+            }
+            _ => false,
+        }
+    }
+
+    pub fn detach(&self, slot: &Slot, queue: &Arc<ConnQueue>) {
+        let mut g = slot.inner.lock();
+        if let Some(i) = g.subs.iter().position(|(q, _)| Arc::ptr_eq(q, queue)) {
+            g.subs.swap_remove(i);
+            self.counters.subscriptions.fetch_sub(1, Relaxed);
+        }
+        if g.subs.is_empty() {
+            g.idle_since = Some(Instant::now());
+        }
+    }
+
+    /// Forgets channels nobody has followed for `idle`, and tells the fabric.
+    pub fn sweep_idle(&self, idle: Duration) {
+        for shard in &self.shards {
+            let mut gone = Vec::new();
+            shard.write().retain(|name, slot| {
+                let g = slot.inner.lock();
+                let keep = g.subs.is_empty()
+                    && g.idle_since.is_some_and(|t| t.elapsed() >= idle);
+                if keep {
+                    gone.push(name.clone());
+                }
+                !keep
+            });
+            for name in gone {
+                self.counters.channels.fetch_sub(1, Relaxed);
+                self.fabric.set_interest(&name, false);
+            }
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! The connection node of Herald: holds SSE streams, keeps channel → connection maps and a
+//! small ring per channel, fans each message (framed once) out to local connections, and
+//! brings resuming clients up to date from the ring or the store.
+
+mod fanout;
+mod housekeeping;
+mod hub;
+mod message;
+mod queue;
+mod registry;
+mod replay;
+mod stats;
+mod stream;
+
+pub use message::Message;
+pub use queue::CloseReason;
+pub use stats::NodeStats;
+pub use stream::SseBody;
+
+use bytes::Bytes;
+use herald_fabric::{Fabric, FabricMessage};
+use herald_proto::Cursor;
+use herald_store::Store;
+use queue::{ConnQueue, Item};
+use rand::Rng;
+use registry::Registry;
+use stats::Counters;
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinHandle;
+
+/// Tunables of a node.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Items a connection may have queued; a reliable message beyond it disconnects the
+    /// connection (it resumes from its cursor), an ephemeral one is dropped.
+    pub queue_cap: usize,
+    /// Recent messages kept per channel for resumes without a store read.
+    pub ring_cap: usize,
+    pub heartbeat: Duration,
+    /// A stream whose queued data is not taken for this long is dropped.
+    pub write_timeout: Duration,
+    /// `retry:` sent to clients is `retry_base + random(0..retry_jitter)`.
+    pub retry_base: Duration,
+    pub retry_jitter: Duration,
+    pub max_connections: usize,
+    pub max_channels_per_stream: usize,
+    /// Messages read from the store per replay page.
+    pub replay_page: usize,
+    /// A channel without subscribers is forgotten after this long.
+    pub channel_idle: Duration,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            queue_cap: 1024,
+            ring_cap: 128,
+            heartbeat: Duration::from_secs(15),
+            write_timeout: Duration::from_secs(30),
+            retry_base: Duration::from_millis(1000),
+            retry_jitter: Duration::from_millis(2000),
+            max_connections: 100_000,
+            max_channels_per_stream: 64,
+            replay_page: 512,
+            channel_idle: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Why a stream could not be opened.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum NodeError {
+    #[error("connection limit reached")]
+    TooManyConnections,
+    #[error("too many channels in one stream (max {0})")]
+    TooManyChannels(usize),
+    #[error("no channel given")]
+    NoChannels,
+    #[error("node is shutting down")]
+    ShuttingDown,
+}
+
+/// The subscribe side: shared by all request handlers.
+pub struct Node {
+    hub: hub::Hub,
+    store: Arc<dyn Store>,
+    config: NodeConfig,
+    counters: Arc<Counters>,
+    registry: Registry,
+    stop: watch::Sender<bool>,
+    tasks: parking_lot::Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Node {
+    /// Starts the fan-out loop over `incoming` and the housekeeping loop.
+    pub fn start(
+        store: Arc<dyn Store>,
+        fabric: Arc<dyn Fabric>,
+        incoming: mpsc::Receiver<FabricMessage>,
+        config: NodeConfig,
+    ) -> Arc<Self> {
+        let counters = Arc::new(Counters::default());
+        let (stop, stop_rx) = watch::channel(false);
+        let node = Arc::new(Self {
+            hub: hub::Hub::new(config.ring_cap, fabric, counters.clone()),
+            store,
+            config,
+            counters,
+            registry: Registry::default(),
+            stop,
+            tasks: parking_lot::Mutex::new(Vec::new()),
+        });
+        let f = tokio::spawn(fanout::run(node.clone(), incoming, stop_rx.clone()));
+        let h = tokio::spawn(housekeeping::run(node.clone(), stop_rx));
+        node.tasks.lock().extend([f, h]);
+        node
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    pub fn stats(&self) -> NodeStats {
+        self.counters.snapshot()
+    }
+
+    /// Opens a stream of `channels` (already validated and authorized), resuming each from
+    /// `cursor` where it names the channel. `kill` drops the TCP connection when the
+    /// stream must end while its writes are stuck.
+    pub fn open_stream(
+        self: &Arc<Self>,
+        channels: &[String],
+        cursor: Option<&Cursor>,
+        kill: Arc<Notify>,
+    ) -> Result<SseBody, NodeError> {
+        if *self.stop.borrow() {
+            return Err(NodeError::ShuttingDown);
+        }
+        if channels.is_empty() {
+            return Err(NodeError::NoChannels);
+        }
+        if channels.len() > self.config.max_channels_per_stream {
+            return Err(NodeError::TooManyChannels(
+                self.config.max_channels_per_stream,
+            ));
+        }
+        let open = self.counters.connections.fetch_add(1, Relaxed);
+        if open >= self.config.max_connections as i64 {
+            self.counters.connections.fetch_sub(1, Relaxed);
+            Counters::bump(&self.counters.rejected_connections);
+            return Err(NodeError::TooManyConnections);
+        }
+        Counters::bump(&self.counters.connections_total);
+        let queue = Arc::new(ConnQueue::new(self.config.queue_cap, kill));
+        let conn_id = self.registry.add(&queue);
+        queue.push_unbounded(Item::Raw(self.retry_frame()));
+        let mut hashes = Vec::with_capacity(channels.len());
+        let mut slots = Vec::with_capacity(channels.len());
+        let mut joins = Vec::with_capacity(channels.len());
+        for (idx, ch) in channels.iter().enumerate() {
+            let hash = herald_proto::channel_hash(ch);
+            let slot = self.hub.slot(ch);
+            hashes.push(hash);
+            slots.push(slot.clone());
+            joins.push(replay::Join {
+                idx: idx as u16,
+                slot,
+                resume: cursor.and_then(|c| c.get_hash(hash)),
+            });
+        }
+        let mut positions = stream::Positions::new(hashes);
+        // Channels the client resumes keep their cursor position until replay says more,
+        // so an event of another channel never drops them from the `id:`.
+        for j in &joins {
+            if let Some(p) = j.resume {
+                positions.set(j.idx, p);
+            }
+        }
+        let replay = tokio::spawn(replay::run(self.clone(), queue.clone(), joins));
+        Ok(SseBody {
+            guard: stream::StreamGuard {
+                node: self.clone(),
+                queue,
+                slots,
+                replay: Some(replay.abort_handle()),
+                conn_id,
+            },
+            positions,
+            scratch: VecDeque::new(),
+            done: false,
+        })
+    }
+
+    fn retry_frame(&self) -> Bytes {
+        let jitter = self.config.retry_jitter.as_millis() as u64;
+        let extra = if jitter == 0 {
+            0
+        } else {
+            rand::thread_rng().gen_range(0..jitter)
+        };
+        Bytes::from(herald_proto::retry_field(
+            self.config.retry_base.as_millis() as u64 + extra,
+        ))
+    }
+
+    /// Ends every stream (each gets a fresh jittered `retry:` so reconnects spread out) and
+    /// stops the node's loops.
+    pub async fn shutdown(&self, timeout: Duration) {
+        let _ = self.stop.send(true);
+        self.registry.for_each(|q| {
+            q.push(Item::Raw(self.retry_frame()));
+            q.close(CloseReason::Shutdown, false);
+        });
+        let tasks: Vec<JoinHandle<()>> = std::mem::take(&mut *self.tasks.lock());
+        let deadline = tokio::time::Instant::now() + timeout;
+        for t in tasks {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let _ = tokio::time::timeout(left, t).await;
+        }
+    }
+
+    /// Drops every stream's TCP connection at once (the end of a graceful shutdown).
+    pub fn kill_all(&self) {
+        self.registry
+            .for_each(|q| q.close(CloseReason::Shutdown, true));
+    }
+}

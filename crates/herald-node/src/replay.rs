@@ -1,0 +1,176 @@
+//! Brings a new stream up to date, channel by channel: decides where each channel starts
+//! (resume position, live head, or a `herald:reset`), replays what was missed — from the
+//! ring when it reaches back far enough, from the store otherwise — and joins live fan-out
+//! at the exact seam.
+
+use crate::hub::{Attached, Slot};
+use crate::message::Message;
+use crate::queue::{ConnQueue, Item};
+use crate::stats::Counters;
+use crate::Node;
+use bytes::Bytes;
+use herald_proto::Position;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+/// Why a channel's position was reset.
+#[derive(Clone, Copy, Debug)]
+enum ResetReason {
+    /// Older than retention.
+    Retention,
+    /// From a log that no longer exists.
+    Epoch,
+    /// Beyond anything this channel ever had.
+    Ahead,
+}
+
+impl ResetReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            ResetReason::Retention => "retention",
+            ResetReason::Epoch => "epoch",
+            ResetReason::Ahead => "ahead",
+        }
+    }
+}
+
+/// One channel of a new stream: where the client says it is, if anywhere.
+pub(crate) struct Join {
+    pub idx: u16,
+    pub slot: Arc<Slot>,
+    pub resume: Option<Position>,
+}
+
+/// Runs the joins of one stream in order. Ends early if the stream closes.
+pub(crate) async fn run(node: Arc<Node>, queue: Arc<ConnQueue>, joins: Vec<Join>) {
+    for j in joins {
+        if let Err(e) = join_channel(&node, &queue, &j).await {
+            tracing::warn!(channel = %j.slot.channel, error = %e, "replay failed; closing stream");
+            queue.close(crate::queue::CloseReason::Gap, false);
+            return;
+        }
+        if queue.is_closed() {
+            return;
+        }
+    }
+}
+
+async fn join_channel(node: &Node, queue: &Arc<ConnQueue>, j: &Join) -> Result<(), herald_store::StoreError> {
+    // Fast path: a resume the ring can serve needs no store read at all.
+    if let Some(p) = j.resume {
+        if node.hub.ring_covers(&j.slot, p) {
+            queue.push_unbounded(Item::Position(j.idx, p));
+            if let Attached::Live = node.hub.attach(&j.slot, queue, j.idx, p) {
+                Counters::bump(&node.counters.replays_ring);
+            }
+            return Ok(());
+        }
+    }
+    // Fast path for a live join: the node already knows the head, no store read needed.
+    if j.resume.is_none() {
+        if let Some(head) = node.hub.head(&j.slot) {
+            queue.push_unbounded(Item::Position(j.idx, head));
+            if let Attached::Live = node.hub.attach(&j.slot, queue, j.idx, head) {
+                return Ok(());
+            }
+        }
+    }
+    let meta = node.store.channel_meta(&j.slot.channel).await?;
+    let mut reset_to = None;
+    let start = match (j.resume, meta) {
+        (None, Some(m)) => Position {
+            epoch: m.epoch,
+            seq: m.last_seq,
+        },
+        (None, None) => Position::default(),
+        (Some(p), None) => {
+            if p != Position::default() {
+                reset_to = Some(ResetReason::Epoch);
+            }
+            Position::default()
+        }
+        (Some(p), Some(m)) => {
+            let head = Position {
+                epoch: m.epoch,
+                seq: m.last_seq,
+            };
+            let from_start = p.epoch == 0 && p.seq == 0;
+            if !from_start && p.epoch != m.epoch {
+                reset_to = Some(ResetReason::Epoch);
+                head
+            } else if p.seq > m.last_seq {
+                reset_to = Some(ResetReason::Ahead);
+                head
+            } else if p.seq + 1 < m.first_seq {
+                reset_to = Some(ResetReason::Retention);
+                head
+            } else {
+                Position {
+                    epoch: m.epoch,
+                    seq: p.seq,
+                }
+            }
+        }
+    };
+    match reset_to {
+        Some(reason) => reset(node, queue, j, start, reason),
+        None => {
+            queue.push_unbounded(Item::Position(j.idx, start));
+        }
+    }
+    let mut pos = start;
+    let mut from_store = false;
+    loop {
+        match node.hub.attach(&j.slot, queue, j.idx, pos) {
+            Attached::Live => break,
+            Attached::Closed => return Ok(()),
+            Attached::NeedStore => {}
+        }
+        let page = node
+            .store
+            .read_range(&j.slot.channel, pos.seq, node.config.replay_page)
+            .await?;
+        if page.is_empty() {
+            // The ring is ahead of the store view we had; the next read will see more.
+            tokio::task::yield_now().await;
+            continue;
+        }
+        from_store = true;
+        for m in &page {
+            if m.seq != pos.seq + 1 && pos.seq != 0 {
+                // Trimmed while we read: say so rather than skip silently.
+                let head = Position {
+                    epoch: m.epoch,
+                    seq: m.seq - 1,
+                };
+                reset(node, queue, j, head, ResetReason::Retention);
+            }
+            let msg = Message::from_stored(j.slot.channel.clone(), m);
+            if !queue.push_wait(Item::Reliable(msg, j.idx)).await {
+                return Ok(());
+            }
+            node.counters.replayed_messages.fetch_add(1, Relaxed);
+            pos = Position {
+                epoch: m.epoch,
+                seq: m.seq,
+            };
+        }
+    }
+    if from_store {
+        Counters::bump(&node.counters.replays_store);
+    }
+    Ok(())
+}
+
+fn reset(node: &Node, queue: &ConnQueue, j: &Join, to: Position, reason: ResetReason) {
+    Counters::bump(&node.counters.resets);
+    let data = serde_json::json!({
+        "channel": &*j.slot.channel,
+        "epoch": to.epoch,
+        "seq": to.seq,
+        "reason": reason.as_str(),
+    });
+    let mut body = Vec::with_capacity(128);
+    herald_proto::write_event(&mut body, None, Some("herald:reset"), data.to_string().as_bytes());
+    queue.push_unbounded(Item::Reset(j.idx, to, Bytes::from(body)));
+}

@@ -1,0 +1,69 @@
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+/// Counters of the subscribe side, for /metrics.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NodeStats {
+    pub connections: i64,
+    pub subscriptions: i64,
+    pub channels: i64,
+    pub connections_total: u64,
+    pub rejected_connections: u64,
+    pub deliveries: u64,
+    pub ephemeral_dropped: u64,
+    pub ephemeral_conflated: u64,
+    pub slow_disconnects: u64,
+    pub stalled_disconnects: u64,
+    pub gap_disconnects: u64,
+    pub replays_ring: u64,
+    pub replays_store: u64,
+    pub replayed_messages: u64,
+    pub resets: u64,
+    pub gap_repairs: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub connections: AtomicI64,
+    pub subscriptions: AtomicI64,
+    pub channels: AtomicI64,
+    pub connections_total: AtomicU64,
+    pub rejected_connections: AtomicU64,
+    pub deliveries: AtomicU64,
+    pub ephemeral_dropped: AtomicU64,
+    pub ephemeral_conflated: AtomicU64,
+    pub slow_disconnects: AtomicU64,
+    pub stalled_disconnects: AtomicU64,
+    pub gap_disconnects: AtomicU64,
+    pub replays_ring: AtomicU64,
+    pub replays_store: AtomicU64,
+    pub replayed_messages: AtomicU64,
+    pub resets: AtomicU64,
+    pub gap_repairs: AtomicU64,
+}
+
+impl Counters {
+    pub fn bump(c: &AtomicU64) {
+        c.fetch_add(1, Relaxed);
+    }
+
+    pub fn snapshot(&self) -> NodeStats {
+        NodeStats {
+            connections: self.connections.load(Relaxed),
+            subscriptions: self.subscriptions.load(Relaxed),
+            channels: self.channels.load(Relaxed),
+            connections_total: self.connections_total.load(Relaxed),
+            rejected_connections: self.rejected_connections.load(Relaxed),
+            deliveries: self.deliveries.load(Relaxed),
+            ephemeral_dropped: self.ephemeral_dropped.load(Relaxed),
+            ephemeral_conflated: self.ephemeral_conflated.load(Relaxed),
+            slow_disconnects: self.slow_disconnects.load(Relaxed),
+            stalled_disconnects: self.stalled_disconnects.load(Relaxed),
+            gap_disconnects: self.gap_disconnects.load(Relaxed),
+            replays_ring: self.replays_ring.load(Relaxed),
+            replays_store: self.replays_store.load(Relaxed),
+            replayed_messages: self.replayed_messages.load(Relaxed),
+            resets: self.resets.load(Relaxed),
+            gap_repairs: self.gap_repairs.load(Relaxed),
+        }
+    }
+}
