@@ -123,7 +123,10 @@ impl Client {
     }
 
     pub async fn publish(&self, msg: &Publish) -> Result<PublishResult, ClientError> {
-        let rb = self.http.post(format!("{}/v1/publish", self.base)).json(msg);
+        let rb = self
+            .http
+            .post(format!("{}/v1/publish", self.base))
+            .json(msg);
         let resp = self.authorized(rb, true).send().await?;
         json_or_error(resp).await
     }

@@ -259,9 +259,7 @@ impl Dispatcher {
             }
             let outcome = tokio::time::timeout(deadline, done)
                 .await
-                .map_err(|_| {
-                    PublishError::unavailable("store_timeout", "durable write timed out")
-                })?
+                .map_err(|_| PublishError::unavailable("store_timeout", "durable write timed out"))?
                 .map_err(|_| {
                     PublishError::unavailable("shutting_down", "server is shutting down")
                 })??;
@@ -272,9 +270,7 @@ impl Dispatcher {
         results
             .into_iter()
             .map(|r| {
-                r.ok_or_else(|| {
-                    PublishError::unavailable("internal", "a publish result was lost")
-                })
+                r.ok_or_else(|| PublishError::unavailable("internal", "a publish result was lost"))
             })
             .collect()
     }

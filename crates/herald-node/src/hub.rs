@@ -34,7 +34,9 @@ struct SlotInner {
 pub enum Delivered {
     Done,
     /// Messages `after+1 ..= before-1` never arrived: repair from the store first.
-    Gap { after: u64 },
+    Gap {
+        after: u64,
+    },
 }
 
 /// What an attach found.
@@ -166,7 +168,13 @@ impl Hub {
 
     /// Joins `queue` to the channel after position `after` if the ring covers everything
     /// since then, handing over the ring's newer messages first.
-    pub fn attach(&self, slot: &Slot, queue: &Arc<ConnQueue>, idx: u16, after: Position) -> Attached {
+    pub fn attach(
+        &self,
+        slot: &Slot,
+        queue: &Arc<ConnQueue>,
+        idx: u16,
+        after: Position,
+    ) -> Attached {
         let mut g = slot.inner.lock();
         if queue.is_closed() {
             return Attached::Closed;
@@ -222,8 +230,7 @@ impl Hub {
             let mut gone = Vec::new();
             shard.write().retain(|name, slot| {
                 let g = slot.inner.lock();
-                let keep = g.subs.is_empty()
-                    && g.idle_since.is_some_and(|t| t.elapsed() >= idle);
+                let keep = g.subs.is_empty() && g.idle_since.is_some_and(|t| t.elapsed() >= idle);
                 if keep {
                     gone.push(name.clone());
                 }

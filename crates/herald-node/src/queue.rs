@@ -236,7 +236,6 @@ impl ConnQueue {
     pub fn len(&self) -> usize {
         self.inner.lock().items.len()
     }
-
 }
 
 #[cfg(test)]
@@ -270,8 +269,14 @@ mod tests {
     #[test]
     fn ephemeral_drops_when_full_and_conflates_by_key() {
         let q = ConnQueue::new(2, Arc::new(Notify::new()));
-        assert_eq!(q.push(Item::Ephemeral(msg(0, Some("k")), 0)), Pushed::Queued);
-        assert_eq!(q.push(Item::Ephemeral(msg(0, Some("k")), 0)), Pushed::Conflated);
+        assert_eq!(
+            q.push(Item::Ephemeral(msg(0, Some("k")), 0)),
+            Pushed::Queued
+        );
+        assert_eq!(
+            q.push(Item::Ephemeral(msg(0, Some("k")), 0)),
+            Pushed::Conflated
+        );
         assert_eq!(q.push(Item::Ephemeral(msg(0, None), 0)), Pushed::Queued);
         assert_eq!(q.push(Item::Ephemeral(msg(0, None), 0)), Pushed::Dropped);
         assert_eq!(q.len(), 2);

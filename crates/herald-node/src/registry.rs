@@ -31,7 +31,8 @@ impl Registry {
     /// while `f` runs, so `f` may take other locks).
     pub fn for_each(&self, mut f: impl FnMut(&Arc<ConnQueue>)) {
         for shard in &self.shards {
-            let live: Vec<Arc<ConnQueue>> = shard.lock().values().filter_map(Weak::upgrade).collect();
+            let live: Vec<Arc<ConnQueue>> =
+                shard.lock().values().filter_map(Weak::upgrade).collect();
             for q in &live {
                 f(q);
             }

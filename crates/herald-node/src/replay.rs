@@ -55,7 +55,11 @@ pub(crate) async fn run(node: Arc<Node>, queue: Arc<ConnQueue>, joins: Vec<Join>
     }
 }
 
-async fn join_channel(node: &Node, queue: &Arc<ConnQueue>, j: &Join) -> Result<(), herald_store::StoreError> {
+async fn join_channel(
+    node: &Node,
+    queue: &Arc<ConnQueue>,
+    j: &Join,
+) -> Result<(), herald_store::StoreError> {
     // Fast path: a resume the ring can serve needs no store read at all.
     if let Some(p) = j.resume {
         if node.hub.ring_covers(&j.slot, p) {
@@ -171,6 +175,11 @@ fn reset(node: &Node, queue: &ConnQueue, j: &Join, to: Position, reason: ResetRe
         "reason": reason.as_str(),
     });
     let mut body = Vec::with_capacity(128);
-    herald_proto::write_event(&mut body, None, Some("herald:reset"), data.to_string().as_bytes());
+    herald_proto::write_event(
+        &mut body,
+        None,
+        Some("herald:reset"),
+        data.to_string().as_bytes(),
+    );
     queue.push_unbounded(Item::Reset(j.idx, to, Bytes::from(body)));
 }

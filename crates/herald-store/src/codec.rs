@@ -38,7 +38,12 @@ pub fn idempotency_key(channel: &str, key: &str) -> Result<Vec<u8>, StoreError> 
     Ok(out)
 }
 
-pub fn encode_message(epoch: u64, ts_ms: u64, event: &str, data: &[u8]) -> Result<Vec<u8>, StoreError> {
+pub fn encode_message(
+    epoch: u64,
+    ts_ms: u64,
+    event: &str,
+    data: &[u8],
+) -> Result<Vec<u8>, StoreError> {
     let event_len = u8::try_from(event.len())
         .map_err(|_| StoreError::Invalid(format!("event name too long: {}", event.len())))?;
     let mut out = Vec::with_capacity(2 * U64 + 1 + event.len() + data.len());
@@ -116,7 +121,10 @@ mod tests {
     fn message_round_trip() {
         let raw = encode_message(7, 9, "comment", br#"{"a":1}"#).unwrap();
         let (epoch, ts, event, data) = decode_message(&raw).unwrap();
-        assert_eq!((epoch, ts, event.as_str(), &data[..]), (7, 9, "comment", &br#"{"a":1}"#[..]));
+        assert_eq!(
+            (epoch, ts, event.as_str(), &data[..]),
+            (7, 9, "comment", &br#"{"a":1}"#[..])
+        );
     }
 
     #[test]
@@ -124,7 +132,10 @@ mod tests {
         let a = message_key("live:1", 2).unwrap();
         let b = message_key("live:1", 10).unwrap();
         assert!(a < b);
-        assert_eq!(seq_of_key(&b, channel_prefix("live:1").unwrap().len()).unwrap(), 10);
+        assert_eq!(
+            seq_of_key(&b, channel_prefix("live:1").unwrap().len()).unwrap(),
+            10
+        );
     }
 
     #[test]

@@ -45,7 +45,11 @@ pub async fn append_then_read_in_order<S: Store + ?Sized>(store: &S) -> Result<(
     append_seqs(store, "conf:order", 4..=5, 1_000).await?;
     let got = store.read_range("conf:order", 0, 100).await?;
     let seqs: Vec<u64> = got.iter().map(|m| m.seq).collect();
-    assert_eq!(seqs, vec![1, 2, 3, 4, 5], "read_range returns all seqs in order");
+    assert_eq!(
+        seqs,
+        vec![1, 2, 3, 4, 5],
+        "read_range returns all seqs in order"
+    );
     assert_eq!(got[2].data, Bytes::from_static(b"{\"n\":3}"));
     assert_eq!(got[2].event, "message");
     assert_eq!(got[2].epoch, 11);
@@ -53,7 +57,10 @@ pub async fn append_then_read_in_order<S: Store + ?Sized>(store: &S) -> Result<(
     let after = store.read_range("conf:order", 3, 100).await?;
     assert_eq!(after.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![4, 5]);
     assert!(store.read_range("conf:order", 5, 100).await?.is_empty());
-    assert!(store.read_range("conf:order", u64::MAX, 100).await?.is_empty());
+    assert!(store
+        .read_range("conf:order", u64::MAX, 100)
+        .await?
+        .is_empty());
     Ok(())
 }
 

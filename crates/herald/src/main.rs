@@ -1,1 +1,43 @@
-fn main() {}
+//! The `herald` binary: `serve` runs the embedded single-process server; `publish`,
+//! `subscribe` and `token` are the command-line helpers.
+
+mod auth;
+mod cli;
+mod config;
+mod serve;
+mod server;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "herald",
+    version,
+    about = "Realtime message delivery over Server-Sent Events"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run dispatcher + connection node + embedded store in one process.
+    Serve(config::ServeArgs),
+    /// Publish one message.
+    Publish(cli::publish::Args),
+    /// Follow channels and print their events as JSON lines (resumes on reconnect).
+    Subscribe(cli::subscribe::Args),
+    /// Mint a subscriber token (HS256) for local use.
+    Token(cli::token::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Publish(args) => cli::runtime()?.block_on(cli::publish::run(args)),
+        Command::Subscribe(args) => cli::runtime()?.block_on(cli::subscribe::run(args)),
+        Command::Token(args) => cli::token::run(args),
+    }
+}

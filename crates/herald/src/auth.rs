@@ -1,0 +1,211 @@
+//! Who is asking: publishers by API key, subscribers by HS256 token (query, header or
+//! cookie). `--dev` lets anonymous callers through.
+
+use crate::config::{ApiKey, Secret};
+use crate::server::error::ApiError;
+use herald_proto::{Claims, TokenError};
+use http::HeaderMap;
+
+pub struct Auth {
+    keys: Vec<ApiKey>,
+    secret: Option<Secret>,
+    dev: bool,
+}
+
+/// A subscriber: a verified token, or anonymous in dev mode.
+pub enum Subscriber {
+    Token(Claims),
+    Anonymous,
+}
+
+impl Subscriber {
+    pub fn may_read(&self, channel: &str) -> bool {
+        match self {
+            Subscriber::Token(c) => c.allows(channel),
+            Subscriber::Anonymous => true,
+        }
+    }
+}
+
+impl Auth {
+    pub fn new(keys: Vec<ApiKey>, secret: Option<Secret>, dev: bool) -> Self {
+        Self { keys, secret, dev }
+    }
+
+    fn key_name(&self, presented: &str) -> Option<&str> {
+        // Compare against every key without stopping early, so timing says nothing about
+        // which key (or how much of one) matched.
+        let mut found = None;
+        for k in &self.keys {
+            if constant_time_eq(k.key.as_bytes(), presented.as_bytes()) {
+                found = Some(k.name.as_str());
+            }
+        }
+        found
+    }
+
+    /// The publisher's key name.
+    pub fn publisher(&self, headers: &HeaderMap) -> Result<String, ApiError> {
+        match bearer(headers) {
+            Some(k) => match self.key_name(k) {
+                Some(name) => Ok(name.to_owned()),
+                None if self.dev && self.keys.is_empty() => Ok("dev".to_owned()),
+                None => Err(ApiError::new(401, "invalid_api_key", "unknown API key")),
+            },
+            None if self.dev => Ok("dev".to_owned()),
+            None => Err(ApiError::new(
+                401,
+                "missing_api_key",
+                "send the publisher API key as `Authorization: Bearer <key>`",
+            )),
+        }
+    }
+
+    /// Whether the request carries a publisher key that checks out (history accepts either).
+    pub fn is_publisher(&self, headers: &HeaderMap) -> bool {
+        bearer(headers).and_then(|k| self.key_name(k)).is_some()
+    }
+
+    /// The subscriber, from `?token=`, `Authorization: Bearer` or the `herald_token` cookie.
+    pub fn subscriber(
+        &self,
+        headers: &HeaderMap,
+        query_token: Option<&str>,
+    ) -> Result<Subscriber, ApiError> {
+        let token = query_token
+            .or_else(|| bearer(headers))
+            .or_else(|| cookie(headers, "herald_token"));
+        let Some(token) = token else {
+            if self.dev {
+                return Ok(Subscriber::Anonymous);
+            }
+            return Err(ApiError::new(
+                401,
+                "missing_token",
+                "a subscriber token is required (?token=, Authorization: Bearer, or cookie herald_token)",
+            ));
+        };
+        let Some(secret) = &self.secret else {
+            if self.dev {
+                return Ok(Subscriber::Anonymous);
+            }
+            return Err(ApiError::new(
+                401,
+                "invalid_token",
+                "tokens are not configured",
+            ));
+        };
+        match herald_proto::verify_hs256(token, &secret.0, now_secs()) {
+            Ok(c) => Ok(Subscriber::Token(c)),
+            Err(TokenError::Expired) => {
+                Err(ApiError::new(401, "token_expired", "the token has expired"))
+            }
+            Err(e) => Err(ApiError::new(401, "invalid_token", e.to_string())),
+        }
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, rest) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| rest.trim())
+        .filter(|t| !t.is_empty())
+}
+
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn publisher_keys() {
+        let a = Auth::new(
+            vec![ApiKey {
+                name: "billing".into(),
+                key: "k-123456789".into(),
+            }],
+            None,
+            false,
+        );
+        let ok = headers(&[("authorization", "Bearer k-123456789")]);
+        assert_eq!(a.publisher(&ok).unwrap(), "billing");
+        let bad = headers(&[("authorization", "Bearer nope-nope")]);
+        assert_eq!(a.publisher(&bad).unwrap_err().code, "invalid_api_key");
+        assert_eq!(
+            a.publisher(&HeaderMap::new()).unwrap_err().code,
+            "missing_api_key"
+        );
+    }
+
+    #[test]
+    fn subscriber_token_sources() {
+        let secret = b"0123456789abcdef0123".to_vec();
+        let a = Auth::new(vec![], Some(Secret(secret.clone())), false);
+        let claims = Claims {
+            sub: "bob".into(),
+            channels: vec!["live:*".into()],
+            exp: Some(now_secs() + 60),
+            nbf: None,
+            iat: None,
+        };
+        let t = herald_proto::sign_hs256(&claims, &secret);
+        let from_cookie = headers(&[("cookie", &format!("a=b; herald_token={t}"))]);
+        assert!(matches!(
+            a.subscriber(&from_cookie, None),
+            Ok(Subscriber::Token(_))
+        ));
+        assert!(a.subscriber(&HeaderMap::new(), Some(&t)).is_ok());
+        assert_eq!(
+            a.subscriber(&HeaderMap::new(), None).err().unwrap().code,
+            "missing_token"
+        );
+        let expired = herald_proto::sign_hs256(
+            &Claims {
+                exp: Some(1),
+                ..claims
+            },
+            &secret,
+        );
+        assert_eq!(
+            a.subscriber(&HeaderMap::new(), Some(&expired))
+                .err()
+                .unwrap()
+                .code,
+            "token_expired"
+        );
+    }
+}

@@ -1,0 +1,11 @@
+//! Command-line helpers that talk to a running server.
+
+pub mod publish;
+pub mod subscribe;
+pub mod token;
+
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}

@@ -1,0 +1,353 @@
+//! Server configuration: defaults, then the config file, then `HERALD_*` environment
+//! variables and flags (clap merges those two), later ones winning.
+
+use anyhow::{bail, Context};
+use herald_dispatcher::{NamespacePolicy, Policies};
+use herald_store::Retention;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Flags of `herald serve` (each also readable from its `HERALD_*` variable).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port; the chosen address is printed).
+    #[arg(long, env = "HERALD_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Directory of the embedded store.
+    #[arg(long, env = "HERALD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// TOML config file (namespaces, API keys, limits).
+    #[arg(long, env = "HERALD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Publisher API keys, comma-separated; `name:key` names a key for namespace rules.
+    #[arg(long, env = "HERALD_API_KEYS", hide_env_values = true)]
+    pub api_keys: Option<String>,
+    /// Secret for HS256 subscriber tokens (at least 16 bytes).
+    #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Origins allowed by CORS, comma-separated (`*` for any).
+    #[arg(long, env = "HERALD_CORS_ORIGINS")]
+    pub cors_origins: Option<String>,
+    /// Most open SSE connections; more get 503.
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Seconds between heartbeat comments on idle streams.
+    #[arg(long, env = "HERALD_HEARTBEAT_SECS")]
+    pub heartbeat_secs: Option<u64>,
+    /// Base reconnect delay sent to clients in `retry:` (ms).
+    #[arg(long, env = "HERALD_RETRY_MS")]
+    pub retry_ms: Option<u64>,
+    /// Random extra reconnect delay, 0..this (ms).
+    #[arg(long, env = "HERALD_RETRY_JITTER_MS")]
+    pub retry_jitter_ms: Option<u64>,
+    /// Events a connection may have queued before it counts as a slow consumer.
+    #[arg(long, env = "HERALD_QUEUE_CAP")]
+    pub queue_cap: Option<usize>,
+    /// Recent messages kept in memory per channel for fast resume.
+    #[arg(long, env = "HERALD_RING_CAP")]
+    pub ring_cap: Option<usize>,
+    /// Seconds an idempotency key dedupes retries.
+    #[arg(long, env = "HERALD_IDEMPOTENCY_WINDOW_SECS")]
+    pub idempotency_window_secs: Option<u64>,
+    /// Seconds between retention sweeps.
+    #[arg(long, env = "HERALD_RETENTION_SWEEP_SECS")]
+    pub retention_sweep_secs: Option<u64>,
+    /// Allow anonymous subscribe and publish. Never use in production.
+    #[arg(long, env = "HERALD_DEV")]
+    pub dev: bool,
+}
+
+/// The config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub jwt_secret: Option<String>,
+    #[serde(default)]
+    pub api_keys: Vec<ApiKeyEntry>,
+    #[serde(default)]
+    pub cors_origins: Vec<String>,
+    pub max_connections: Option<usize>,
+    pub heartbeat_secs: Option<u64>,
+    pub retry_ms: Option<u64>,
+    pub retry_jitter_ms: Option<u64>,
+    pub queue_cap: Option<usize>,
+    pub ring_cap: Option<usize>,
+    pub max_batch: Option<usize>,
+    pub idempotency_window_secs: Option<u64>,
+    pub retention_sweep_secs: Option<u64>,
+    pub shutdown_timeout_secs: Option<u64>,
+    /// `[namespaces.<name>]`; `[namespaces.default]` changes the fallback.
+    #[serde(default)]
+    pub namespaces: HashMap<String, NamespaceEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyEntry {
+    pub name: String,
+    pub key: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceEntry {
+    pub retention_count: Option<u64>,
+    pub retention_secs: Option<u64>,
+    pub ephemeral_only: Option<bool>,
+    pub max_payload_bytes: Option<usize>,
+    pub publishers: Option<Vec<String>>,
+}
+
+/// A publisher key and the name namespace rules know it by.
+#[derive(Clone)]
+pub struct ApiKey {
+    pub name: String,
+    pub key: String,
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ApiKey({}, <redacted>)", self.name)
+    }
+}
+
+/// Everything `herald serve` runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub api_keys: Vec<ApiKey>,
+    pub jwt_secret: Option<Secret>,
+    pub cors_origins: Vec<String>,
+    pub dev: bool,
+    pub node: herald_node::NodeConfig,
+    pub dispatcher: herald_dispatcher::DispatcherConfig,
+    pub max_batch: usize,
+    pub shutdown_timeout: Duration,
+}
+
+/// A secret that never prints.
+#[derive(Clone)]
+pub struct Secret(pub Vec<u8>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
+const MIN_SECRET_LEN: usize = 16;
+
+impl Config {
+    pub fn load(args: &ServeArgs) -> anyhow::Result<Self> {
+        let file = match &args.config {
+            Some(p) => read_file(p)?,
+            None => FileConfig::default(),
+        };
+        let listen = match args.listen.or(file.listen) {
+            Some(l) => l,
+            None => DEFAULT_LISTEN.parse()?,
+        };
+        let data_dir = args
+            .data_dir
+            .clone()
+            .or(file.data_dir.clone())
+            .unwrap_or_else(|| PathBuf::from("herald-data"));
+        let mut api_keys: Vec<ApiKey> = file
+            .api_keys
+            .iter()
+            .map(|k| ApiKey {
+                name: k.name.clone(),
+                key: k.key.clone(),
+            })
+            .collect();
+        if let Some(list) = &args.api_keys {
+            api_keys.extend(parse_api_keys(list)?);
+        }
+        let jwt_secret = args
+            .jwt_secret
+            .clone()
+            .or(file.jwt_secret.clone())
+            .filter(|s| !s.is_empty());
+        if let Some(s) = &jwt_secret {
+            if s.len() < MIN_SECRET_LEN {
+                bail!("HERALD_JWT_SECRET must be at least {MIN_SECRET_LEN} bytes");
+            }
+        }
+        if !args.dev {
+            if api_keys.is_empty() {
+                bail!("no publisher API keys: set HERALD_API_KEYS (or api_keys in --config), or run with --dev for anonymous local use");
+            }
+            if jwt_secret.is_none() {
+                bail!("no subscriber token secret: set HERALD_JWT_SECRET (or jwt_secret in --config), or run with --dev for anonymous local use");
+            }
+        }
+        let cors_origins = match &args.cors_origins {
+            Some(list) => split_list(list),
+            None => file.cors_origins.clone(),
+        };
+        let mut node = herald_node::NodeConfig::default();
+        if let Some(v) = args.max_connections.or(file.max_connections) {
+            node.max_connections = v;
+        }
+        if let Some(v) = args.heartbeat_secs.or(file.heartbeat_secs) {
+            node.heartbeat = Duration::from_secs(v.max(1));
+        }
+        if let Some(v) = args.retry_ms.or(file.retry_ms) {
+            node.retry_base = Duration::from_millis(v);
+        }
+        if let Some(v) = args.retry_jitter_ms.or(file.retry_jitter_ms) {
+            node.retry_jitter = Duration::from_millis(v);
+        }
+        if let Some(v) = args.queue_cap.or(file.queue_cap) {
+            node.queue_cap = v.max(1);
+        }
+        if let Some(v) = args.ring_cap.or(file.ring_cap) {
+            node.ring_cap = v;
+        }
+        let mut dispatcher = herald_dispatcher::DispatcherConfig {
+            policies: policies(&file.namespaces)?,
+            ..Default::default()
+        };
+        if let Some(v) = args
+            .idempotency_window_secs
+            .or(file.idempotency_window_secs)
+        {
+            dispatcher.idempotency_window = Duration::from_secs(v);
+        }
+        if let Some(v) = args.retention_sweep_secs.or(file.retention_sweep_secs) {
+            dispatcher.sweep_interval = Duration::from_secs(v.max(1));
+        }
+        let key_names: Vec<&str> = api_keys.iter().map(|k| k.name.as_str()).collect();
+        for (ns, p) in &dispatcher.policies.namespaces {
+            for name in p.publishers.iter().flatten() {
+                if !key_names.contains(&name.as_str()) && !args.dev {
+                    bail!(
+                        "namespace '{ns}' names publisher '{name}', but no API key has that name"
+                    );
+                }
+            }
+        }
+        Ok(Self {
+            listen,
+            data_dir,
+            api_keys,
+            jwt_secret: jwt_secret.map(|s| Secret(s.into_bytes())),
+            cors_origins,
+            dev: args.dev,
+            node,
+            dispatcher,
+            max_batch: file.max_batch.unwrap_or(1000).max(1),
+            shutdown_timeout: Duration::from_secs(file.shutdown_timeout_secs.unwrap_or(10)),
+        })
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+}
+
+fn split_list(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `key` or `name:key`, comma-separated. Unnamed keys are called "default".
+pub fn parse_api_keys(list: &str) -> anyhow::Result<Vec<ApiKey>> {
+    split_list(list)
+        .into_iter()
+        .map(|item| {
+            let (name, key) = match item.split_once(':') {
+                Some((n, k)) => (n.to_owned(), k.to_owned()),
+                None => ("default".to_owned(), item),
+            };
+            if key.len() < 8 {
+                bail!("API key '{name}' is shorter than 8 characters");
+            }
+            Ok(ApiKey { name, key })
+        })
+        .collect()
+}
+
+fn policies(entries: &HashMap<String, NamespaceEntry>) -> anyhow::Result<Policies> {
+    let mut out = Policies::default();
+    for (name, e) in entries {
+        let base = if name == "default" {
+            out.default.clone()
+        } else {
+            out.namespaces
+                .get(name)
+                .cloned()
+                .unwrap_or_else(|| out.default.clone())
+        };
+        let p = NamespacePolicy {
+            retention: Retention {
+                max_count: e.retention_count.unwrap_or(base.retention.max_count),
+                max_age: e
+                    .retention_secs
+                    .map(Duration::from_secs)
+                    .unwrap_or(base.retention.max_age),
+            },
+            ephemeral_only: e.ephemeral_only.unwrap_or(base.ephemeral_only),
+            max_payload: e.max_payload_bytes.unwrap_or(base.max_payload),
+            publishers: e.publishers.clone().or(base.publishers),
+        };
+        if p.max_payload == 0 {
+            bail!("namespace '{name}': max_payload_bytes must be > 0");
+        }
+        if name == "default" {
+            out.default = p;
+        } else {
+            out.namespaces.insert(name.clone(), p);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_keys_parse_named_and_plain() {
+        let keys = parse_api_keys("billing:secret-one, plainkey123").unwrap();
+        assert_eq!(keys[0].name, "billing");
+        assert_eq!(keys[0].key, "secret-one");
+        assert_eq!(keys[1].name, "default");
+        assert!(parse_api_keys("short").is_err());
+    }
+
+    #[test]
+    fn namespaces_from_file() {
+        let f: FileConfig = toml::from_str(
+            r#"
+            [namespaces.react]
+            ephemeral_only = true
+            [namespaces.live]
+            retention_count = 50
+            retention_secs = 60
+            "#,
+        )
+        .unwrap();
+        let p = policies(&f.namespaces).unwrap();
+        assert!(p.for_channel("react:1").ephemeral_only);
+        assert_eq!(p.for_channel("live:1").retention.max_count, 50);
+        assert_eq!(p.for_channel("user:x").retention.max_count, 10_000);
+    }
+
+    #[test]
+    fn unknown_file_keys_are_rejected() {
+        assert!(toml::from_str::<FileConfig>("lisen = \"x\"").is_err());
+    }
+}

@@ -1,0 +1,96 @@
+//! `herald serve`: wires store, fabric, dispatcher and node into one process.
+
+use crate::auth::Auth;
+use crate::config::{Config, ServeArgs};
+use crate::server::{self, State};
+use anyhow::Context;
+use herald_dispatcher::Dispatcher;
+use herald_fabric::Fabric;
+use herald_node::Node;
+use herald_store::{FjallOptions, FjallStore, Store};
+use std::io::Write;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+/// Messages in flight from the sequencer to the node's fan-out loop.
+const FABRIC_QUEUE: usize = 65_536;
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging();
+    let config = Config::load(&args)?;
+    if config.dev {
+        let banner = "WARNING: --dev: anyone can subscribe to any channel and publish without a key. Never expose this server.";
+        eprintln!("{banner}");
+        tracing::warn!("{banner}");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let store: Arc<dyn Store> = Arc::new(
+        FjallStore::open(FjallOptions::new(&config.data_dir))
+            .with_context(|| format!("opening the store in {}", config.data_dir.display()))?,
+    );
+    let (fabric, incoming) = herald_fabric::in_process(FABRIC_QUEUE);
+    let fabric: Arc<dyn Fabric> = Arc::new(fabric);
+    let node = Node::start(store.clone(), fabric.clone(), incoming, config.node.clone());
+    let dispatcher = Dispatcher::start(store, fabric, config.dispatcher.clone());
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let state = Arc::new(State {
+        node,
+        dispatcher,
+        auth: Auth::new(
+            config.api_keys.clone(),
+            config.jwt_secret.clone(),
+            config.dev,
+        ),
+        cors: server::cors::Cors::new(&config.cors_origins),
+        publish_latency: Default::default(),
+        shutting_down: AtomicBool::new(false),
+        max_batch: config.max_batch,
+    });
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), "herald serving");
+    // Scripts and tests read this line to learn the port when listening on :0.
+    println!("herald listening on http://{addr}");
+    let _ = std::io::stdout().flush();
+    server::serve(listener, state, shutdown_signal(), config.shutdown_timeout).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

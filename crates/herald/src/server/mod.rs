@@ -1,0 +1,142 @@
+//! The HTTP server: accepts connections, serves them with hyper, and shuts down gracefully
+//! (stop accepting, end streams with a jittered `retry:`, finish in-flight publishes, flush).
+
+pub mod body;
+pub mod cors;
+pub mod error;
+mod history;
+pub mod metrics;
+mod ops;
+mod publish;
+mod router;
+mod sse;
+
+use crate::auth::Auth;
+use herald_dispatcher::Dispatcher;
+use herald_node::Node;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinSet;
+
+/// Most request header bytes hyper buffers; beyond it hyper answers 431 itself.
+const MAX_HEADER_BUF: usize = 64 * 1024;
+/// Headers hyper parses; requests with more than `router::MAX_HEADERS` get a JSON 431.
+const HYPER_MAX_HEADERS: usize = 256;
+
+/// Everything request handlers share.
+pub struct State {
+    pub node: Arc<Node>,
+    pub dispatcher: Arc<Dispatcher>,
+    pub auth: Auth,
+    pub cors: cors::Cors,
+    pub publish_latency: metrics::Histogram,
+    pub shutting_down: AtomicBool,
+    pub max_batch: usize,
+}
+
+/// Serves `listener` until `shutdown` resolves, then shuts down within `timeout`.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<State>,
+    shutdown: impl Future<Output = ()>,
+    timeout: Duration,
+) {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut conns = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    conns.spawn(connection(stream, state.clone(), stop_rx.clone()));
+                }
+                Err(e) => {
+                    // Out of file descriptors and similar: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    drop(listener);
+    tracing::info!("shutting down: ending streams and finishing in-flight requests");
+    state.shutting_down.store(true, Ordering::Release);
+    let deadline = tokio::time::Instant::now() + timeout;
+    state.node.shutdown(timeout / 2).await;
+    let _ = stop_tx.send(true);
+    while !conns.is_empty() {
+        match tokio::time::timeout_at(deadline, conns.join_next()).await {
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(_) => {
+                tracing::warn!(
+                    open = conns.len(),
+                    "connections still open at the deadline; closing them"
+                );
+                state.node.kill_all();
+                conns.abort_all();
+                break;
+            }
+        }
+    }
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    state
+        .dispatcher
+        .shutdown(left.max(Duration::from_secs(1)))
+        .await;
+    tracing::info!("shutdown complete");
+}
+
+async fn connection(
+    stream: tokio::net::TcpStream,
+    state: Arc<State>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let kill = Arc::new(Notify::new());
+    let svc_kill = kill.clone();
+    let svc = service_fn(move |req| {
+        let state = state.clone();
+        let kill = svc_kill.clone();
+        async move { Ok::<_, Infallible>(router::handle(state, kill, req).await) }
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .max_buf_size(MAX_HEADER_BUF)
+        .max_headers(HYPER_MAX_HEADERS);
+    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    let mut stopping = *stop.borrow();
+    if stopping {
+        conn.as_mut().graceful_shutdown();
+    }
+    loop {
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = kill.notified() => return,
+            changed = stop.changed(), if !stopping => {
+                if changed.is_err() || *stop.borrow() {
+                    stopping = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! `/healthz`, `/readyz` and `/metrics`.
+
+use super::body::ResponseBody;
+use super::metrics::metric;
+use super::State;
+use http::{HeaderValue, Response, StatusCode};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+pub fn healthz() -> Response<ResponseBody> {
+    json_status(StatusCode::OK, r#"{"status":"ok"}"#)
+}
+
+/// Ready when not shutting down and the store answers promptly.
+pub async fn readyz(state: &State) -> Response<ResponseBody> {
+    if state.shutting_down.load(Ordering::Acquire) {
+        return json_status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            r#"{"ready":false,"reason":"shutting_down"}"#,
+        );
+    }
+    let probe = state.dispatcher.store().channel_meta("herald:readyz");
+    match tokio::time::timeout(Duration::from_secs(2), probe).await {
+        Ok(Ok(_)) => json_status(StatusCode::OK, r#"{"ready":true}"#),
+        _ => json_status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            r#"{"ready":false,"reason":"store_unavailable"}"#,
+        ),
+    }
+}
+
+fn json_status(status: StatusCode, body: &'static str) -> Response<ResponseBody> {
+    let mut resp = Response::new(ResponseBody::full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+pub fn metrics(state: &State) -> Response<ResponseBody> {
+    let n = state.node.stats();
+    let d = state.dispatcher.stats();
+    let mut out = String::with_capacity(4096);
+    let g = "gauge";
+    let c = "counter";
+    metric(
+        &mut out,
+        "herald_connections",
+        g,
+        "Open SSE connections.",
+        n.connections,
+    );
+    metric(
+        &mut out,
+        "herald_subscriptions",
+        g,
+        "Channel subscriptions of open connections.",
+        n.subscriptions,
+    );
+    metric(
+        &mut out,
+        "herald_channels",
+        g,
+        "Channels this node tracks.",
+        n.channels,
+    );
+    metric(
+        &mut out,
+        "herald_connections_total",
+        c,
+        "SSE connections accepted.",
+        n.connections_total,
+    );
+    metric(
+        &mut out,
+        "herald_connections_rejected_total",
+        c,
+        "SSE connections refused at the connection limit.",
+        n.rejected_connections,
+    );
+    metric(
+        &mut out,
+        "herald_publishes_total",
+        c,
+        "Reliable messages durably stored.",
+        d.published_reliable,
+    );
+    metric(
+        &mut out,
+        "herald_publishes_ephemeral_total",
+        c,
+        "Ephemeral messages published.",
+        d.published_ephemeral,
+    );
+    metric(
+        &mut out,
+        "herald_publish_duplicates_total",
+        c,
+        "Publishes answered from an idempotency key.",
+        d.duplicates,
+    );
+    metric(
+        &mut out,
+        "herald_commits_total",
+        c,
+        "Group commits (one fsync each).",
+        d.commits,
+    );
+    metric(
+        &mut out,
+        "herald_commit_failures_total",
+        c,
+        "Group commits that failed.",
+        d.commit_failures,
+    );
+    metric(
+        &mut out,
+        "herald_trimmed_total",
+        c,
+        "Messages removed by retention.",
+        d.trimmed,
+    );
+    metric(
+        &mut out,
+        "herald_deliveries_total",
+        c,
+        "Events written to connections.",
+        n.deliveries,
+    );
+    metric(
+        &mut out,
+        "herald_replays_ring_total",
+        c,
+        "Resumes served from the in-memory ring.",
+        n.replays_ring,
+    );
+    metric(
+        &mut out,
+        "herald_replays_store_total",
+        c,
+        "Resumes that read the store.",
+        n.replays_store,
+    );
+    metric(
+        &mut out,
+        "herald_replayed_messages_total",
+        c,
+        "Messages replayed from the store.",
+        n.replayed_messages,
+    );
+    metric(
+        &mut out,
+        "herald_resets_total",
+        c,
+        "herald:reset events sent.",
+        n.resets,
+    );
+    metric(
+        &mut out,
+        "herald_ephemeral_dropped_total",
+        c,
+        "Ephemeral messages dropped for full connection queues.",
+        n.ephemeral_dropped,
+    );
+    metric(
+        &mut out,
+        "herald_ephemeral_conflated_total",
+        c,
+        "Ephemeral messages replaced by a newer one with the same key.",
+        n.ephemeral_conflated,
+    );
+    metric(
+        &mut out,
+        "herald_slow_consumer_disconnects_total",
+        c,
+        "Connections closed because their queue overflowed.",
+        n.slow_disconnects,
+    );
+    metric(
+        &mut out,
+        "herald_stalled_disconnects_total",
+        c,
+        "Connections closed because the peer stopped reading.",
+        n.stalled_disconnects,
+    );
+    metric(
+        &mut out,
+        "herald_gap_disconnects_total",
+        c,
+        "Connections closed to resume after a missed message.",
+        n.gap_disconnects,
+    );
+    metric(
+        &mut out,
+        "herald_gap_repairs_total",
+        c,
+        "Fabric gaps repaired from the store.",
+        n.gap_repairs,
+    );
+    state.publish_latency.render(
+        &mut out,
+        "herald_publish_duration_seconds",
+        "Publish request latency until durable.",
+    );
+    let mut resp = Response::new(ResponseBody::full(out));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    resp
+}

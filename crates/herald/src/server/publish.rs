@@ -1,0 +1,125 @@
+//! `POST /v1/publish` and `POST /v1/publish/batch`.
+
+use super::body::ResponseBody;
+use super::error::ApiError;
+use super::router::json;
+use super::State;
+use bytes::Bytes;
+use herald_dispatcher::PublishItem;
+use herald_proto::{PublishBatchRequest, PublishBatchResponse, PublishRequest};
+use http::{Request, Response};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Bytes a request may add around its payloads (channel, event, keys, JSON punctuation).
+const ENVELOPE_ALLOWANCE: usize = 4096;
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub async fn single(
+    state: &Arc<State>,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, ApiError> {
+    let publisher = state.auth.publisher(req.headers())?;
+    let limit = state.dispatcher.policies().largest_payload() + ENVELOPE_ALLOWANCE;
+    let body = read_body(req, limit).await?;
+    let parsed: PublishRequest = parse(&body)?;
+    let started = Instant::now();
+    let mut results = state
+        .dispatcher
+        .publish(&publisher, vec![item(parsed)])
+        .await?;
+    state.publish_latency.observe(started.elapsed());
+    let result = results
+        .pop()
+        .ok_or_else(|| ApiError::new(500, "internal", "no publish result"))?;
+    json(&result)
+}
+
+pub async fn batch(
+    state: &Arc<State>,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, ApiError> {
+    let publisher = state.auth.publisher(req.headers())?;
+    let limit = state
+        .max_batch
+        .saturating_mul(state.dispatcher.policies().largest_payload() + ENVELOPE_ALLOWANCE)
+        .min(64 * 1024 * 1024);
+    let body = read_body(req, limit).await?;
+    let parsed: PublishBatchRequest = parse(&body)?;
+    if parsed.messages.is_empty() {
+        return Err(ApiError::bad_request("empty_batch", "`messages` is empty"));
+    }
+    if parsed.messages.len() > state.max_batch {
+        return Err(ApiError::new(
+            413,
+            "batch_too_large",
+            format!("at most {} messages per batch", state.max_batch),
+        ));
+    }
+    let items: Vec<PublishItem> = parsed.messages.into_iter().map(item).collect();
+    let started = Instant::now();
+    let results = state.dispatcher.publish(&publisher, items).await?;
+    state.publish_latency.observe(started.elapsed());
+    json(&PublishBatchResponse { results })
+}
+
+fn item(r: PublishRequest) -> PublishItem {
+    let data = match &r.data {
+        Some(raw) => Bytes::from(herald_proto::one_line_json(raw.get()).into_owned()),
+        None => Bytes::new(),
+    };
+    PublishItem {
+        channel: r.channel,
+        event: r.event,
+        data,
+        idempotency_key: r.idempotency_key,
+        ephemeral: r.ephemeral,
+        conflation_key: r.conflation_key,
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request("empty_body", "request body is empty"));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(herald_proto::json_error_code(&e), e.to_string()))
+}
+
+async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            413,
+            "body_too_large",
+            format!("request body larger than {limit} bytes"),
+        )
+    };
+    if let Some(len) = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        if len > limit {
+            return Err(too_large());
+        }
+    }
+    let collected = tokio::time::timeout(
+        BODY_READ_TIMEOUT,
+        Limited::new(req.into_body(), limit).collect(),
+    )
+    .await
+    .map_err(|_| ApiError::new(408, "body_timeout", "request body not received in time"))?;
+    match collected {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(too_large())
+        }
+        Err(e) => Err(ApiError::bad_request("bad_body", e.to_string())),
+    }
+}

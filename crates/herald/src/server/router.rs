@@ -1,0 +1,111 @@
+//! Maps method and path to a handler; every answer gets CORS headers for allowed origins.
+
+use super::body::ResponseBody;
+use super::error::ApiError;
+use super::{history, ops, publish, sse, State};
+use http::{Method, Request, Response};
+use hyper::body::Incoming;
+use std::sync::Arc;
+use tokio::sync::Notify;
+
+/// Requests with more headers than this are refused (a browser sends about 20).
+pub const MAX_HEADERS: usize = 64;
+
+pub async fn handle(
+    state: Arc<State>,
+    kill: Arc<Notify>,
+    req: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let origin = req.headers().get(http::header::ORIGIN).cloned();
+    let mut resp = match route(&state, kill, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    state.cors.apply(origin.as_ref(), &mut resp);
+    resp
+}
+
+async fn route(
+    state: &Arc<State>,
+    kill: Arc<Notify>,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, ApiError> {
+    if req.headers().len() > MAX_HEADERS {
+        return Err(ApiError::new(
+            431,
+            "headers_too_large",
+            format!("at most {MAX_HEADERS} request headers"),
+        ));
+    }
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    if method == Method::OPTIONS {
+        return preflight(state, &req);
+    }
+    let allowed: &str = match path.as_str() {
+        "/v1/sse" => "GET",
+        "/v1/publish" | "/v1/publish/batch" => "POST",
+        "/healthz" | "/readyz" | "/metrics" => "GET",
+        p if history::channel_of(p).is_some() => "GET",
+        _ => {
+            return Err(ApiError::new(
+                404,
+                "not_found",
+                format!("no route for {path}"),
+            ))
+        }
+    };
+    if method.as_str() != allowed {
+        let mut resp = ApiError::new(405, "method_not_allowed", format!("{path} takes {allowed}"))
+            .into_response();
+        if let Ok(v) = http::HeaderValue::from_str(&format!("{allowed}, OPTIONS")) {
+            resp.headers_mut().insert(http::header::ALLOW, v);
+        }
+        return Ok(resp);
+    }
+    match path.as_str() {
+        "/v1/sse" => sse::handle(state, kill, req),
+        "/v1/publish" => publish::single(state, req).await,
+        "/v1/publish/batch" => publish::batch(state, req).await,
+        "/healthz" => Ok(ops::healthz()),
+        "/readyz" => Ok(ops::readyz(state).await),
+        "/metrics" => Ok(ops::metrics(state)),
+        _ => history::handle(state, req).await,
+    }
+}
+
+fn preflight(state: &State, req: &Request<Incoming>) -> Result<Response<ResponseBody>, ApiError> {
+    let origin = req
+        .headers()
+        .get(http::header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| ApiError::bad_request("missing_origin", "preflight without Origin"))?;
+    if !state.cors.allows(origin) {
+        return Err(ApiError::new(
+            403,
+            "origin_not_allowed",
+            "this origin is not in HERALD_CORS_ORIGINS",
+        ));
+    }
+    Ok(state.cors.preflight())
+}
+
+/// Builds a JSON 200 response.
+pub fn json<T: serde::Serialize>(value: &T) -> Result<Response<ResponseBody>, ApiError> {
+    let body =
+        serde_json::to_vec(value).map_err(|e| ApiError::new(500, "internal", e.to_string()))?;
+    let mut resp = Response::new(ResponseBody::full(body));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    Ok(resp)
+}
+
+/// The query string's pairs, percent-decoded.
+pub fn query_pairs(req: &Request<Incoming>) -> Vec<(String, String)> {
+    req.uri()
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default()
+}

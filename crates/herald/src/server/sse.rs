@@ -1,0 +1,104 @@
+//! `GET /v1/sse`: authorize the channels, read the resume cursor, open the stream.
+
+use super::body::ResponseBody;
+use super::error::ApiError;
+use super::router::query_pairs;
+use super::State;
+use herald_node::NodeError;
+use herald_proto::{Cursor, MAX_CURSOR_LEN};
+use http::{HeaderValue, Request, Response};
+use hyper::body::Incoming;
+use std::sync::Arc;
+use tokio::sync::Notify;
+
+pub fn handle(
+    state: &Arc<State>,
+    kill: Arc<Notify>,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, ApiError> {
+    let mut channels: Vec<String> = Vec::new();
+    let mut token = None;
+    let mut query_cursor = None;
+    for (k, v) in query_pairs(&req) {
+        match k.as_str() {
+            "channel" => {
+                herald_proto::validate_channel(&v)
+                    .map_err(|e| ApiError::bad_request("invalid_channel", e.to_string()))?;
+                if !channels.contains(&v) {
+                    channels.push(v);
+                }
+            }
+            "token" => token = Some(v),
+            "last_event_id" => query_cursor = Some(v),
+            _ => {}
+        }
+    }
+    if channels.is_empty() {
+        return Err(ApiError::bad_request(
+            "missing_channel",
+            "name at least one ?channel=",
+        ));
+    }
+    let subscriber = state.auth.subscriber(req.headers(), token.as_deref())?;
+    if let Some(denied) = channels.iter().find(|c| !subscriber.may_read(c)) {
+        return Err(ApiError::new(
+            403,
+            "channel_forbidden",
+            format!("the token does not allow channel '{denied}'"),
+        ));
+    }
+    // The header wins: it is what the browser sends on its automatic reconnect, while the
+    // query holds the position of the first connect.
+    let header_cursor = match req.headers().get("last-event-id") {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| {
+                    ApiError::bad_request("invalid_last_event_id", "Last-Event-ID is not ASCII")
+                })?
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let raw = header_cursor
+        .filter(|s| !s.trim().is_empty())
+        .or(query_cursor.filter(|s| !s.trim().is_empty()));
+    let cursor = match raw {
+        None => None,
+        Some(s) => {
+            if s.len() > MAX_CURSOR_LEN {
+                return Err(ApiError::bad_request(
+                    "invalid_last_event_id",
+                    format!("Last-Event-ID longer than {MAX_CURSOR_LEN} bytes"),
+                ));
+            }
+            Some(Cursor::decode(s.trim()).map_err(|e| {
+                ApiError::bad_request("invalid_last_event_id", format!("Last-Event-ID: {e}"))
+            })?)
+        }
+    };
+    let body = state
+        .node
+        .open_stream(&channels, cursor.as_ref(), kill)
+        .map_err(|e| match e {
+            NodeError::TooManyConnections => {
+                ApiError::new(503, "too_many_connections", e.to_string())
+            }
+            NodeError::ShuttingDown => ApiError::new(503, "shutting_down", e.to_string()),
+            NodeError::TooManyChannels(_) => {
+                ApiError::bad_request("too_many_channels", e.to_string())
+            }
+            NodeError::NoChannels => ApiError::bad_request("missing_channel", e.to_string()),
+        })?;
+    let mut resp = Response::new(ResponseBody::Sse(Box::new(body)));
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache"),
+    );
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(resp)
+}
