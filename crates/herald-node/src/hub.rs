@@ -230,11 +230,11 @@ impl Hub {
             let mut gone = Vec::new();
             shard.write().retain(|name, slot| {
                 let g = slot.inner.lock();
-                let keep = g.subs.is_empty() && g.idle_since.is_some_and(|t| t.elapsed() >= idle);
-                if keep {
+                let remove = g.subs.is_empty() && g.idle_since.is_some_and(|t| t.elapsed() >= idle);
+                if remove {
                     gone.push(name.clone());
                 }
-                !keep
+                !remove
             });
             for name in gone {
                 self.counters.channels.fetch_sub(1, Relaxed);

@@ -83,6 +83,8 @@ pub enum NodeError {
     NoChannels,
     #[error("node is shutting down")]
     ShuttingDown,
+    #[error("store unavailable: {0}")]
+    Store(String),
 }
 
 /// The subscribe side: shared by all request handlers.
@@ -132,7 +134,7 @@ impl Node {
     /// Opens a stream of `channels` (already validated and authorized), resuming each from
     /// `cursor` where it names the channel. `kill` drops the TCP connection when the
     /// stream must end while its writes are stuck.
-    pub fn open_stream(
+    pub async fn open_stream(
         self: &Arc<Self>,
         channels: &[String],
         cursor: Option<&Cursor>,
@@ -149,6 +151,26 @@ impl Node {
                 self.config.max_channels_per_stream,
             ));
         }
+        // Every channel gets a definite start before the response goes out: a client that
+        // has its 200 receives everything published afterwards.
+        let mut hashes = Vec::with_capacity(channels.len());
+        let mut slots = Vec::with_capacity(channels.len());
+        let mut joins = Vec::with_capacity(channels.len());
+        for (idx, ch) in channels.iter().enumerate() {
+            let hash = herald_proto::channel_hash(ch);
+            let slot = self.hub.slot(ch);
+            let resume = match cursor.and_then(|c| c.get_hash(hash)) {
+                Some(p) => p,
+                None => self.live_position(&slot).await?,
+            };
+            hashes.push(hash);
+            slots.push(slot.clone());
+            joins.push(replay::Join {
+                idx: idx as u16,
+                slot,
+                resume: Some(resume),
+            });
+        }
         let open = self.counters.connections.fetch_add(1, Relaxed);
         if open >= self.config.max_connections as i64 {
             self.counters.connections.fetch_sub(1, Relaxed);
@@ -159,23 +181,7 @@ impl Node {
         let queue = Arc::new(ConnQueue::new(self.config.queue_cap, kill));
         let conn_id = self.registry.add(&queue);
         queue.push_unbounded(Item::Raw(self.retry_frame()));
-        let mut hashes = Vec::with_capacity(channels.len());
-        let mut slots = Vec::with_capacity(channels.len());
-        let mut joins = Vec::with_capacity(channels.len());
-        for (idx, ch) in channels.iter().enumerate() {
-            let hash = herald_proto::channel_hash(ch);
-            let slot = self.hub.slot(ch);
-            hashes.push(hash);
-            slots.push(slot.clone());
-            joins.push(replay::Join {
-                idx: idx as u16,
-                slot,
-                resume: cursor.and_then(|c| c.get_hash(hash)),
-            });
-        }
         let mut positions = stream::Positions::new(hashes);
-        // Channels the client resumes keep their cursor position until replay says more,
-        // so an event of another channel never drops them from the `id:`.
         for j in &joins {
             if let Some(p) = j.resume {
                 positions.set(j.idx, p);
@@ -194,6 +200,25 @@ impl Node {
             scratch: VecDeque::new(),
             done: false,
         })
+    }
+
+    /// Where a new, non-resuming subscriber of `slot` starts: the newest message this node
+    /// has seen, or the store's head.
+    async fn live_position(&self, slot: &hub::Slot) -> Result<herald_proto::Position, NodeError> {
+        if let Some(p) = self.hub.head(slot) {
+            return Ok(p);
+        }
+        let meta = self
+            .store
+            .channel_meta(&slot.channel)
+            .await
+            .map_err(|e| NodeError::Store(e.to_string()))?;
+        Ok(
+            meta.map_or_else(Default::default, |m| herald_proto::Position {
+                epoch: m.epoch,
+                seq: m.last_seq,
+            }),
+        )
     }
 
     fn retry_frame(&self) -> Bytes {

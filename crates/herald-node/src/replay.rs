@@ -60,25 +60,8 @@ async fn join_channel(
     queue: &Arc<ConnQueue>,
     j: &Join,
 ) -> Result<(), herald_store::StoreError> {
-    // Fast path: a resume the ring can serve needs no store read at all.
-    if let Some(p) = j.resume {
-        if node.hub.ring_covers(&j.slot, p) {
-            queue.push_unbounded(Item::Position(j.idx, p));
-            if let Attached::Live = node.hub.attach(&j.slot, queue, j.idx, p) {
-                Counters::bump(&node.counters.replays_ring);
-            }
-            return Ok(());
-        }
-    }
-    // Fast path for a live join: the node already knows the head, no store read needed.
-    if j.resume.is_none() {
-        if let Some(head) = node.hub.head(&j.slot) {
-            queue.push_unbounded(Item::Position(j.idx, head));
-            if let Attached::Live = node.hub.attach(&j.slot, queue, j.idx, head) {
-                return Ok(());
-            }
-        }
-    }
+    // Retention and epochs are the store's word, so every join asks it where the log
+    // stands; what the ring can serve then saves the range read.
     let meta = node.store.channel_meta(&j.slot.channel).await?;
     let mut reset_to = None;
     let start = match (j.resume, meta) {
@@ -124,16 +107,32 @@ async fn join_channel(
     }
     let mut pos = start;
     let mut from_store = false;
-    loop {
+    if node.hub.ring_covers(&j.slot, pos) {
         match node.hub.attach(&j.slot, queue, j.idx, pos) {
-            Attached::Live => break,
+            Attached::Live => {
+                if meta.is_some_and(|m| pos.seq < m.last_seq) {
+                    Counters::bump(&node.counters.replays_ring);
+                }
+                return Ok(());
+            }
             Attached::Closed => return Ok(()),
             Attached::NeedStore => {}
+        }
+    }
+    let mut caught_up = meta.is_none_or(|m| pos.seq >= m.last_seq);
+    loop {
+        if caught_up {
+            match node.hub.attach(&j.slot, queue, j.idx, pos) {
+                Attached::Live => break,
+                Attached::Closed => return Ok(()),
+                Attached::NeedStore => {}
+            }
         }
         let page = node
             .store
             .read_range(&j.slot.channel, pos.seq, node.config.replay_page)
             .await?;
+        caught_up = page.len() < node.config.replay_page;
         if page.is_empty() {
             // The ring is ahead of the store view we had; the next read will see more.
             tokio::task::yield_now().await;
@@ -141,7 +140,7 @@ async fn join_channel(
         }
         from_store = true;
         for m in &page {
-            if m.seq != pos.seq + 1 && pos.seq != 0 {
+            if m.seq != pos.seq + 1 {
                 // Trimmed while we read: say so rather than skip silently.
                 let head = Position {
                     epoch: m.epoch,

@@ -34,6 +34,13 @@ impl ApiError {
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static("application/json"),
         );
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The rest of the upload is never read: the connection cannot carry another request.
+            resp.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
             resp.headers_mut().insert(
                 http::header::RETRY_AFTER,

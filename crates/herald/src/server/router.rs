@@ -64,7 +64,7 @@ async fn route(
         return Ok(resp);
     }
     match path.as_str() {
-        "/v1/sse" => sse::handle(state, kill, req),
+        "/v1/sse" => sse::handle(state, kill, req).await,
         "/v1/publish" => publish::single(state, req).await,
         "/v1/publish/batch" => publish::batch(state, req).await,
         "/healthz" => Ok(ops::healthz()),

@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use std::sync::Arc;
 use tokio::sync::Notify;
 
-pub fn handle(
+pub async fn handle(
     state: &Arc<State>,
     kill: Arc<Notify>,
     req: Request<Incoming>,
@@ -79,6 +79,7 @@ pub fn handle(
     let body = state
         .node
         .open_stream(&channels, cursor.as_ref(), kill)
+        .await
         .map_err(|e| match e {
             NodeError::TooManyConnections => {
                 ApiError::new(503, "too_many_connections", e.to_string())
@@ -88,6 +89,7 @@ pub fn handle(
                 ApiError::bad_request("too_many_channels", e.to_string())
             }
             NodeError::NoChannels => ApiError::bad_request("missing_channel", e.to_string()),
+            NodeError::Store(_) => ApiError::new(503, "store_unavailable", e.to_string()),
         })?;
     let mut resp = Response::new(ResponseBody::Sse(Box::new(body)));
     let h = resp.headers_mut();

@@ -1,0 +1,9 @@
+//! Integration tests: the real `herald` binary on 127.0.0.1:0, driven over real sockets by
+//! real clients (herald-client, reqwest, raw TCP, and the `eventsource-client` crate).
+
+mod bad_input;
+mod common;
+mod crash;
+mod lifecycle;
+mod publish;
+mod sse;
