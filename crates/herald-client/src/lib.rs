@@ -198,6 +198,15 @@ pub struct Subscription {
     last_event_id: Option<String>,
 }
 
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("last_event_id", &self.last_event_id)
+            .field("pending", &self.pending.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Subscription {
     /// The next event; `None` when the server ended the stream.
     pub async fn next(&mut self) -> Result<Option<SseEvent>, ClientError> {

@@ -44,7 +44,7 @@ impl Sweeper {
                 Some(c) = dirty.recv() => { pending.insert(c); }
                 _ = tick.tick() => {
                     round = round.wrapping_add(1);
-                    let channels: Vec<String> = if round % FULL_SWEEP_EVERY == 0 {
+                    let channels: Vec<String> = if round.is_multiple_of(FULL_SWEEP_EVERY) {
                         pending.clear();
                         match self.store.list_channels().await {
                             Ok(all) => all,
@@ -57,7 +57,7 @@ impl Sweeper {
                         pending.drain().collect()
                     };
                     self.sweep(&channels).await;
-                    if round % FULL_SWEEP_EVERY == 0 {
+                    if round.is_multiple_of(FULL_SWEEP_EVERY) {
                         if let Err(e) = self.store.expire_idempotency(now_ms()).await {
                             tracing::warn!(error = %e, "expiring idempotency keys failed");
                         }

@@ -4,7 +4,7 @@ use anyhow::{bail, Context};
 use herald_client::{Client, Publish, Subscription};
 use herald_proto::{Claims, SseEvent};
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -38,7 +38,6 @@ pub struct Server {
     child: Option<Child>,
     pub base: String,
     pub port: u16,
-    pub data_dir: PathBuf,
 }
 
 impl Server {
@@ -93,7 +92,6 @@ impl Server {
                             child: Some(child),
                             base,
                             port,
-                            data_dir: data_dir.to_owned(),
                         });
                     }
                 }
@@ -104,10 +102,6 @@ impl Server {
                 }
             }
         }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
     }
 
     /// SIGKILL: a crash, nothing flushed by the process itself.

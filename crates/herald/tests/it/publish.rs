@@ -94,7 +94,7 @@ async fn namespace_policies_apply() -> anyhow::Result<()> {
     );
     let server = Server::start(dir.path(), &opts)?;
     let p = server.publisher();
-    let err = p.publish(&msg("react:1", 1)).await.err().expect("refused");
+    let err = p.publish(&msg("react:1", 1)).await.expect_err("refused");
     assert_eq!(
         (err.status(), err.code()),
         (Some(400), Some("ephemeral_only"))
@@ -103,17 +103,13 @@ async fn namespace_policies_apply() -> anyhow::Result<()> {
     eph.ephemeral = true;
     assert!(p.publish(&eph).await.is_ok());
     let big = Publish::new("tiny:1", serde_json::json!("x".repeat(40)));
-    let err = p.publish(&big).await.err().expect("refused");
+    let err = p.publish(&big).await.expect_err("refused");
     assert_eq!(
         (err.status(), err.code()),
         (Some(413), Some("payload_too_large"))
     );
     assert!(p.publish(&msg("tiny:1", 1)).await.is_ok());
-    let err = p
-        .publish(&msg("billing:1", 1))
-        .await
-        .err()
-        .expect("refused");
+    let err = p.publish(&msg("billing:1", 1)).await.expect_err("refused");
     assert_eq!(
         (err.status(), err.code()),
         (Some(403), Some("publisher_not_allowed"))
@@ -147,19 +143,14 @@ async fn user_inbox_belongs_to_its_user() -> anyhow::Result<()> {
     let err = bob
         .subscribe(&["user:alice"], None)
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert_eq!(
         (err.status(), err.code()),
         (Some(403), Some("channel_forbidden"))
     );
     // History: a subscriber token works for its own channels only.
     assert_eq!(bob.history("user:bob", 0, 10).await?.messages.len(), 1);
-    let err = bob
-        .history("user:alice", 0, 10)
-        .await
-        .err()
-        .expect("refused");
+    let err = bob.history("user:alice", 0, 10).await.expect_err("refused");
     assert_eq!(err.code(), Some("channel_forbidden"));
     Ok(())
 }

@@ -350,8 +350,7 @@ async fn connection_limit_answers_503() -> anyhow::Result<()> {
     let err = sc
         .subscribe(&["live:1"], None)
         .await
-        .err()
-        .expect("third stream refused");
+        .expect_err("third stream refused");
     assert_eq!(err.status(), Some(503));
     assert_eq!(err.code(), Some("too_many_connections"));
     Ok(())
