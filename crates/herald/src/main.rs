@@ -30,6 +30,14 @@ enum Command {
     Subscribe(cli::subscribe::Args),
     /// Mint a subscriber token (HS256) for local use.
     Token(cli::token::Args),
+    /// Load-test a server: connections, deliveries, latency, server memory and CPU.
+    Bench(herald_bench::Args),
+    /// One process of `herald bench` holding connections (started by `bench`).
+    #[command(hide = true)]
+    BenchWorker {
+        #[arg(long)]
+        spec: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,5 +47,14 @@ fn main() -> anyhow::Result<()> {
         Command::Publish(args) => cli::runtime()?.block_on(cli::publish::run(args)),
         Command::Subscribe(args) => cli::runtime()?.block_on(cli::subscribe::run(args)),
         Command::Token(args) => cli::token::run(args),
+        Command::Bench(args) => {
+            let report = cli::runtime_multi()?.block_on(herald_bench::run(args))?;
+            report.print();
+            Ok(())
+        }
+        Command::BenchWorker { spec } => {
+            let spec = serde_json::from_str(&spec)?;
+            cli::runtime()?.block_on(herald_bench::worker::run(spec))
+        }
     }
 }

@@ -1,0 +1,379 @@
+//! Runs a scenario: starts worker processes holding the connections, publishes, waits for
+//! the deliveries to drain, and gathers everything into a [`Report`].
+
+use crate::publisher;
+use crate::report::{Percentiles, Report};
+use crate::target::{Kind, Target};
+use crate::worker::{Command, WorkerReport, WorkerSpec};
+use anyhow::{bail, Context};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// Connections only: memory per idle connection.
+    Idle,
+    /// Many connections on one channel.
+    Fanout,
+    /// One channel per connection, many publishes.
+    Channels,
+    /// Durable publishes as fast as they go (batch API unless --batch 1).
+    Ingest,
+    /// Whatever the flags say.
+    Custom,
+}
+
+/// Flags of `herald bench`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Args {
+    /// Preset; explicit flags override its numbers.
+    #[arg(long, value_enum, default_value = "custom")]
+    pub scenario: Scenario,
+    /// Server address.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub addr: SocketAddr,
+    #[arg(long, value_enum, default_value = "herald")]
+    pub target: Kind,
+    /// Herald publisher key.
+    #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Herald subscriber token; or give --jwt-secret to mint one.
+    #[arg(long, env = "HERALD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// SSE connections to open.
+    #[arg(long)]
+    pub connections: Option<usize>,
+    /// Channels; connection i follows channel i % channels.
+    #[arg(long)]
+    pub channels: Option<usize>,
+    /// Total publishes per second.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Seconds of publishing (idle: seconds connections are held).
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Bytes of each message's data.
+    #[arg(long, default_value_t = 100)]
+    pub payload: usize,
+    /// Concurrent publishing tasks.
+    #[arg(long)]
+    pub publishers: Option<usize>,
+    /// Messages per ingest request (1 = single publishes).
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Connections per worker process (each process may hold ~20000 files).
+    #[arg(long, default_value_t = 12_000)]
+    pub per_worker: usize,
+    /// Source addresses 127.0.0.2… to spread connections over (ports per address are limited).
+    #[arg(long, default_value_t = 8)]
+    pub source_ips: u8,
+    #[arg(long, default_value_t = 256)]
+    pub connect_concurrency: usize,
+    /// The server's pid, for its memory and CPU from /proc.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Longest wait for deliveries after publishing stops.
+    #[arg(long, default_value_t = 15.0)]
+    pub drain_secs: f64,
+}
+
+struct Resolved {
+    connections: usize,
+    channels: usize,
+    rate: f64,
+    duration: Duration,
+    publishers: usize,
+    batch: usize,
+}
+
+fn resolve(a: &Args) -> Resolved {
+    let (conns, chans, rate, dur, pubs, batch) = match a.scenario {
+        Scenario::Idle => (10_000, 100, 0.0, 5.0, 1, 1),
+        Scenario::Fanout => (10_000, 1, 100.0, 10.0, 1, 1),
+        Scenario::Channels => (10_000, 10_000, 2_000.0, 10.0, 32, 1),
+        Scenario::Ingest => (0, 100, 0.0, 10.0, 4, 1000),
+        Scenario::Custom => (100, 10, 100.0, 5.0, 4, 1),
+    };
+    Resolved {
+        connections: a.connections.unwrap_or(conns),
+        channels: a.channels.unwrap_or(chans).max(1),
+        rate: a.rate.unwrap_or(rate),
+        duration: Duration::from_secs_f64(a.duration.unwrap_or(dur).max(0.0)),
+        publishers: a.publishers.unwrap_or(pubs).max(1),
+        batch: a.batch.unwrap_or(batch).max(1),
+    }
+}
+
+struct Worker {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: Lines<BufReader<ChildStdout>>,
+}
+
+impl Worker {
+    async fn ask(&mut self, cmd: &Command) -> anyhow::Result<WorkerReport> {
+        let mut line = serde_json::to_vec(cmd)?;
+        line.push(b'\n');
+        self.stdin.write_all(&line).await?;
+        self.stdin.flush().await?;
+        let reply = tokio::time::timeout(Duration::from_secs(60), self.stdout.next_line())
+            .await
+            .context("worker did not answer in time")??
+            .context("worker exited")?;
+        Ok(serde_json::from_str(&reply)?)
+    }
+}
+
+async fn ask_all(workers: &mut [Worker], cmd: &Command) -> anyhow::Result<Vec<WorkerReport>> {
+    let mut out = Vec::with_capacity(workers.len());
+    for w in workers.iter_mut() {
+        out.push(w.ask(cmd).await?);
+    }
+    Ok(out)
+}
+
+fn progress(text: &str) {
+    let mut e = std::io::stderr().lock();
+    let _ = write!(e, "\r[bench] {text:<100}");
+    let _ = e.flush();
+}
+
+fn server_cpu(pid: Option<u32>) -> f64 {
+    pid.and_then(|p| crate::procstat::cpu_seconds(p).ok())
+        .unwrap_or(0.0)
+}
+
+/// Runs the benchmark and returns its report (also printed by the caller).
+pub async fn run(args: Args) -> anyhow::Result<Report> {
+    let r = resolve(&args);
+    let token = match (&args.token, &args.jwt_secret) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(secret)) => Some(herald_proto::sign_hs256(
+            &herald_proto::Claims {
+                sub: "bench".into(),
+                channels: vec!["*".into()],
+                exp: Some(crate::target::now_us() / 1_000_000 + 24 * 3600),
+                nbf: None,
+                iat: None,
+            },
+            secret.as_bytes(),
+        )),
+        (None, None) => None,
+    };
+    let target = Target {
+        kind: args.target,
+        addr: args.addr,
+        api_key: args.api_key.clone(),
+        token,
+    };
+    let mut report = Report {
+        scenario: format!("{:?}", args.scenario).to_lowercase(),
+        target: format!("{:?} at {}", args.target, args.addr).to_lowercase(),
+        connections: r.connections as u64,
+        channels: r.channels as u64,
+        rate_target: r.rate,
+        payload_bytes: args.payload,
+        server_pid: args.server_pid,
+        ..Report::default()
+    };
+    let bench_cpu0 = crate::procstat::own_cpu_seconds();
+    if let Some(pid) = args.server_pid {
+        report.server_rss_before = crate::procstat::rss_bytes(pid)?;
+    }
+
+    // Connections, held by worker processes.
+    let mut workers = Vec::new();
+    let per = args.per_worker.max(1);
+    let exe = std::env::current_exe().context("locating the herald binary")?;
+    let mut first = 0;
+    while first < r.connections {
+        let count = per.min(r.connections - first);
+        let spec = WorkerSpec {
+            target: target.clone(),
+            first,
+            count,
+            channels: r.channels,
+            source_ips: args.source_ips,
+            connect_concurrency: args.connect_concurrency,
+        };
+        let mut child = tokio::process::Command::new(&exe)
+            .arg("bench-worker")
+            .arg("--spec")
+            .arg(serde_json::to_string(&spec)?)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting a bench worker")?;
+        let stdin = child.stdin.take().context("worker stdin")?;
+        let stdout = BufReader::new(child.stdout.take().context("worker stdout")?).lines();
+        workers.push(Worker {
+            child,
+            stdin,
+            stdout,
+        });
+        first += count;
+    }
+    let connect_deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let reps = ask_all(&mut workers, &Command::Report).await?;
+        let (ok, failed): (u64, u64) = reps.iter().fold((0, 0), |a, w| (a.0 + w.connected, a.1 + w.failed));
+        progress(&format!("connecting {ok}/{} ({failed} failed)", r.connections));
+        if ok + failed >= r.connections as u64 {
+            break;
+        }
+        if Instant::now() > connect_deadline {
+            bail!("connections not established within 180 s ({ok} ok, {failed} failed)");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    if let Some(pid) = args.server_pid {
+        // Let the server settle (allocator, lazily created channel state) before reading RSS.
+        let mut last = crate::procstat::rss_bytes(pid)?;
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let now = crate::procstat::rss_bytes(pid)?;
+            let stable = now.abs_diff(last) < 64 * 1024;
+            last = now;
+            if stable {
+                break;
+            }
+        }
+        report.server_rss_connected = last;
+    }
+
+    let cpu0 = server_cpu(args.server_pid);
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut published = vec![0u64; r.channels];
+    match args.scenario {
+        Scenario::Ingest => {
+            let job = publisher::ingest(
+                &target,
+                r.channels,
+                r.duration,
+                args.payload,
+                r.publishers,
+                r.batch,
+                sent.clone(),
+            );
+            let out = with_progress(job, &sent, "published").await;
+            report.published = out.messages;
+            report.publish_errors = out.errors;
+            report.duration_s = out.elapsed.as_secs_f64();
+            report.publish_ms = Percentiles::ms(&out.latency);
+            report.ingest_msgs_per_s = out.messages as f64 / out.elapsed.as_secs_f64().max(1e-9);
+            report.publish_rate = report.ingest_msgs_per_s;
+        }
+        _ if r.rate > 0.0 => {
+            let job = publisher::paced(
+                &target,
+                r.channels,
+                r.rate,
+                r.duration,
+                args.payload,
+                r.publishers,
+                sent.clone(),
+            );
+            let out = with_progress(job, &sent, "published").await;
+            report.published = out.published.iter().sum();
+            report.publish_errors = out.errors;
+            report.duration_s = out.elapsed.as_secs_f64();
+            report.publish_ms = Percentiles::ms(&out.latency);
+            report.publish_rate = report.published as f64 / report.duration_s.max(1e-9);
+            published = out.published;
+        }
+        _ => {
+            progress("holding connections");
+            tokio::time::sleep(r.duration).await;
+            report.duration_s = r.duration.as_secs_f64();
+        }
+    }
+
+    // Every connection of channel c should get published[c] messages.
+    let subscribers_of = |c: usize| -> u64 {
+        if r.connections == 0 {
+            return 0;
+        }
+        let full = (r.connections / r.channels) as u64;
+        full + u64::from(c < r.connections % r.channels)
+    };
+    report.expected_deliveries = published
+        .iter()
+        .enumerate()
+        .map(|(c, p)| p * subscribers_of(c))
+        .sum();
+    let drain_deadline = Instant::now() + Duration::from_secs_f64(args.drain_secs);
+    if !workers.is_empty() {
+        loop {
+            let reps = ask_all(&mut workers, &Command::Report).await?;
+            let delivered: u64 = reps.iter().map(|w| w.deliveries).sum();
+            progress(&format!("draining {delivered}/{}", report.expected_deliveries));
+            if delivered >= report.expected_deliveries || Instant::now() > drain_deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    report.server_cpu_s = server_cpu(args.server_pid) - cpu0;
+
+    let finals = ask_all(
+        &mut workers,
+        &Command::Stop {
+            published: published.clone(),
+        },
+    )
+    .await?;
+    for mut w in workers {
+        let _ = tokio::time::timeout(Duration::from_secs(10), w.child.wait()).await;
+        let _ = w.child.start_kill();
+    }
+    eprintln!();
+    let mut latency = crate::new_hist();
+    let mut connect = crate::new_hist();
+    let mut workers_cpu = 0.0;
+    for f in &finals {
+        report.connected += f.connected;
+        report.failed += f.failed;
+        report.closed_early += f.closed;
+        report.deliveries += f.deliveries;
+        report.duplicates += f.duplicates;
+        report.out_of_order += f.out_of_order;
+        report.lost += f.lost;
+        workers_cpu += f.cpu_seconds;
+        latency.add(crate::decode_hist(&f.latency)?)?;
+        connect.add(crate::decode_hist(&f.connect)?)?;
+    }
+    report.latency_ms = Percentiles::ms(&latency);
+    report.connect_ms = Percentiles::ms(&connect);
+    if report.connected > 0 && args.server_pid.is_some() {
+        report.server_rss_per_connection = (report.server_rss_connected as f64
+            - report.server_rss_before as f64)
+            / report.connected as f64;
+    }
+    if report.server_cpu_s > 0.0 {
+        report.deliveries_per_server_cpu_s = report.deliveries as f64 / report.server_cpu_s;
+        report.publishes_per_server_cpu_s = report.published as f64 / report.server_cpu_s;
+    }
+    report.bench_cpu_s = crate::procstat::own_cpu_seconds() - bench_cpu0 + workers_cpu;
+    Ok(report)
+}
+
+async fn with_progress<T>(job: impl std::future::Future<Output = T>, sent: &AtomicU64, what: &str) -> T {
+    tokio::pin!(job);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            out = &mut job => return out,
+            _ = tick.tick() => progress(&format!("{what} {}", sent.load(Relaxed))),
+        }
+    }
+}

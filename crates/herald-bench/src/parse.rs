@@ -1,0 +1,211 @@
+//! Lean client-side parsing for many connections: HTTP/1.1 chunked transfer decoding and
+//! the bench payload inside SSE `data:` lines (no allocation per event).
+
+/// Decodes `Transfer-Encoding: chunked` incrementally.
+#[derive(Default)]
+pub struct Chunked {
+    state: ChunkState,
+    size: usize,
+}
+
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    #[default]
+    Size,
+    SizeExt,
+    SizeLf,
+    Data,
+    DataCr,
+    DataLf,
+    Done,
+}
+
+impl Chunked {
+    /// Feeds raw bytes; calls `out` with each run of decoded body bytes. Returns false once
+    /// the terminating chunk was seen or the framing is invalid.
+    pub fn feed(&mut self, mut input: &[u8], out: &mut impl FnMut(&[u8])) -> bool {
+        while !input.is_empty() {
+            match self.state {
+                ChunkState::Size => {
+                    let b = input[0];
+                    input = &input[1..];
+                    match b {
+                        b'0'..=b'9' => self.size = self.size * 16 + (b - b'0') as usize,
+                        b'a'..=b'f' => self.size = self.size * 16 + (b - b'a' + 10) as usize,
+                        b'A'..=b'F' => self.size = self.size * 16 + (b - b'A' + 10) as usize,
+                        b';' => self.state = ChunkState::SizeExt,
+                        b'\r' => self.state = ChunkState::SizeLf,
+                        _ => return false,
+                    }
+                    if self.size > 1 << 30 {
+                        return false;
+                    }
+                }
+                ChunkState::SizeExt => {
+                    if input[0] == b'\r' {
+                        self.state = ChunkState::SizeLf;
+                    }
+                    input = &input[1..];
+                }
+                ChunkState::SizeLf => {
+                    if input[0] != b'\n' {
+                        return false;
+                    }
+                    input = &input[1..];
+                    if self.size == 0 {
+                        self.state = ChunkState::Done;
+                        return false;
+                    }
+                    self.state = ChunkState::Data;
+                }
+                ChunkState::Data => {
+                    let n = self.size.min(input.len());
+                    out(&input[..n]);
+                    input = &input[n..];
+                    self.size -= n;
+                    if self.size == 0 {
+                        self.state = ChunkState::DataCr;
+                    }
+                }
+                ChunkState::DataCr => {
+                    if input[0] != b'\r' {
+                        return false;
+                    }
+                    input = &input[1..];
+                    self.state = ChunkState::DataLf;
+                }
+                ChunkState::DataLf => {
+                    if input[0] != b'\n' {
+                        return false;
+                    }
+                    input = &input[1..];
+                    self.state = ChunkState::Size;
+                }
+                ChunkState::Done => return false,
+            }
+        }
+        self.state != ChunkState::Done
+    }
+}
+
+/// Splits an SSE body into lines and reports each bench payload `{"s":S,"t":T…}` found in
+/// a `data:` line.
+pub struct DataLines {
+    line: Vec<u8>,
+    /// Bytes of an over-long line being skipped.
+    skipping: bool,
+}
+
+const MAX_LINE: usize = 1 << 20;
+
+impl Default for DataLines {
+    fn default() -> Self {
+        Self {
+            line: Vec::new(),
+            skipping: false,
+        }
+    }
+}
+
+impl DataLines {
+    pub fn feed(&mut self, mut input: &[u8], on_payload: &mut impl FnMut(u64, u64)) {
+        while !input.is_empty() {
+            match memchr::memchr(b'\n', input) {
+                Some(i) => {
+                    if self.line.is_empty() && !self.skipping {
+                        handle_line(&input[..i], on_payload);
+                    } else if !self.skipping {
+                        self.line.extend_from_slice(&input[..i]);
+                        let line = std::mem::take(&mut self.line);
+                        handle_line(&line, on_payload);
+                        self.line = line;
+                        self.line.clear();
+                    }
+                    self.skipping = false;
+                    input = &input[i + 1..];
+                }
+                None => {
+                    if !self.skipping {
+                        self.line.extend_from_slice(input);
+                        if self.line.len() > MAX_LINE {
+                            self.line.clear();
+                            self.skipping = true;
+                        }
+                    }
+                    return;
+                }
+            }
+        }
+        // Give memory back between events on idle connections.
+        if self.line.is_empty() && self.line.capacity() > 4096 {
+            self.line = Vec::new();
+        }
+    }
+}
+
+fn handle_line(line: &[u8], on_payload: &mut impl FnMut(u64, u64)) {
+    let Some(rest) = line.strip_prefix(b"data:") else {
+        return;
+    };
+    if let Some((s, t)) = payload(rest) {
+        on_payload(s, t);
+    }
+}
+
+/// Finds `{"s":S,"t":T` in `line`.
+pub fn payload(line: &[u8]) -> Option<(u64, u64)> {
+    let at = memchr::memmem::find(line, br#"{"s":"#)?;
+    let (s, rest) = number(&line[at + 5..])?;
+    let rest = rest.strip_prefix(br#","t":"#)?;
+    let (t, _) = number(rest)?;
+    Some((s, t))
+}
+
+fn number(b: &[u8]) -> Option<(u64, &[u8])> {
+    let end = b.iter().position(|c| !c.is_ascii_digit()).unwrap_or(b.len());
+    if end == 0 || end > 19 {
+        return None;
+    }
+    let mut v = 0u64;
+    for c in &b[..end] {
+        v = v * 10 + (c - b'0') as u64;
+    }
+    Some((v, &b[end..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunked_across_splits() {
+        let raw = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\n";
+        for split in 0..raw.len() {
+            let mut c = Chunked::default();
+            let mut out = Vec::new();
+            c.feed(&raw[..split], &mut |b| out.extend_from_slice(b));
+            c.feed(&raw[split..], &mut |b| out.extend_from_slice(b));
+            assert_eq!(out, b"hello world", "split at {split}");
+        }
+    }
+
+    #[test]
+    fn payload_in_herald_envelope_and_raw() {
+        let herald = br#" {"channel":"b:1","epoch":1,"seq":9,"ts":5,"data":{"s":7,"t":123456,"p":"xx"}}"#;
+        assert_eq!(payload(herald), Some((7, 123456)));
+        assert_eq!(payload(br#" {"s":1,"t":2}"#), Some((1, 2)));
+        assert_eq!(payload(b" nothing"), None);
+    }
+
+    #[test]
+    fn data_lines_split_anywhere() {
+        let body = b"retry: 10\n\nid: x\ndata: {\"s\":1,\"t\":10}\n\n: hb\n\ndata: {\"s\":2,\"t\":20}\n\n";
+        for split in 0..body.len() {
+            let mut d = DataLines::default();
+            let mut got = Vec::new();
+            d.feed(&body[..split], &mut |s, t| got.push((s, t)));
+            d.feed(&body[split..], &mut |s, t| got.push((s, t)));
+            assert_eq!(got, vec![(1, 10), (2, 20)], "split at {split}");
+        }
+    }
+}
