@@ -226,8 +226,13 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let connect_deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let reps = ask_all(&mut workers, &Command::Report).await?;
-        let (ok, failed): (u64, u64) = reps.iter().fold((0, 0), |a, w| (a.0 + w.connected, a.1 + w.failed));
-        progress(&format!("connecting {ok}/{} ({failed} failed)", r.connections));
+        let (ok, failed): (u64, u64) = reps
+            .iter()
+            .fold((0, 0), |a, w| (a.0 + w.connected, a.1 + w.failed));
+        progress(&format!(
+            "connecting {ok}/{} ({failed} failed)",
+            r.connections
+        ));
         if ok + failed >= r.connections as u64 {
             break;
         }
@@ -316,7 +321,10 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         loop {
             let reps = ask_all(&mut workers, &Command::Report).await?;
             let delivered: u64 = reps.iter().map(|w| w.deliveries).sum();
-            progress(&format!("draining {delivered}/{}", report.expected_deliveries));
+            progress(&format!(
+                "draining {delivered}/{}",
+                report.expected_deliveries
+            ));
             if delivered >= report.expected_deliveries || Instant::now() > drain_deadline {
                 break;
             }
@@ -367,7 +375,11 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-async fn with_progress<T>(job: impl std::future::Future<Output = T>, sent: &AtomicU64, what: &str) -> T {
+async fn with_progress<T>(
+    job: impl std::future::Future<Output = T>,
+    sent: &AtomicU64,
+    what: &str,
+) -> T {
     tokio::pin!(job);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {

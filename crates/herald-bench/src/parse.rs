@@ -162,7 +162,10 @@ pub fn payload(line: &[u8]) -> Option<(u64, u64)> {
 }
 
 fn number(b: &[u8]) -> Option<(u64, &[u8])> {
-    let end = b.iter().position(|c| !c.is_ascii_digit()).unwrap_or(b.len());
+    let end = b
+        .iter()
+        .position(|c| !c.is_ascii_digit())
+        .unwrap_or(b.len());
     if end == 0 || end > 19 {
         return None;
     }
@@ -191,7 +194,8 @@ mod tests {
 
     #[test]
     fn payload_in_herald_envelope_and_raw() {
-        let herald = br#" {"channel":"b:1","epoch":1,"seq":9,"ts":5,"data":{"s":7,"t":123456,"p":"xx"}}"#;
+        let herald =
+            br#" {"channel":"b:1","epoch":1,"seq":9,"ts":5,"data":{"s":7,"t":123456,"p":"xx"}}"#;
         assert_eq!(payload(herald), Some((7, 123456)));
         assert_eq!(payload(br#" {"s":1,"t":2}"#), Some((1, 2)));
         assert_eq!(payload(b" nothing"), None);
@@ -199,7 +203,8 @@ mod tests {
 
     #[test]
     fn data_lines_split_anywhere() {
-        let body = b"retry: 10\n\nid: x\ndata: {\"s\":1,\"t\":10}\n\n: hb\n\ndata: {\"s\":2,\"t\":20}\n\n";
+        let body =
+            b"retry: 10\n\nid: x\ndata: {\"s\":1,\"t\":10}\n\n: hb\n\ndata: {\"s\":2,\"t\":20}\n\n";
         for split in 0..body.len() {
             let mut d = DataLines::default();
             let mut got = Vec::new();

@@ -91,7 +91,11 @@ impl Report {
         if self.expected_deliveries > 0 {
             println!(
                 "  deliveries    {} of {} expected: lost {}, duplicated {}, out of order {}",
-                self.deliveries, self.expected_deliveries, self.lost, self.duplicates, self.out_of_order
+                self.deliveries,
+                self.expected_deliveries,
+                self.lost,
+                self.duplicates,
+                self.out_of_order
             );
             println!(
                 "  latency       p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms (publish → receive)",

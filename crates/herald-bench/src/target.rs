@@ -45,7 +45,12 @@ impl Target {
     }
 
     /// A request publishing one payload to `channel`.
-    pub fn publish(&self, http: &reqwest::Client, channel: usize, payload: &str) -> reqwest::RequestBuilder {
+    pub fn publish(
+        &self,
+        http: &reqwest::Client,
+        channel: usize,
+        payload: &str,
+    ) -> reqwest::RequestBuilder {
         match self.kind {
             Kind::Herald => {
                 let body = format!(
@@ -69,13 +74,20 @@ impl Target {
     }
 
     /// A Herald batch publish of `(channel, payload)` pairs.
-    pub fn publish_batch(&self, http: &reqwest::Client, items: &[(usize, String)]) -> reqwest::RequestBuilder {
+    pub fn publish_batch(
+        &self,
+        http: &reqwest::Client,
+        items: &[(usize, String)],
+    ) -> reqwest::RequestBuilder {
         let mut body = String::from("{\"messages\":[");
         for (i, (c, p)) in items.iter().enumerate() {
             if i > 0 {
                 body.push(',');
             }
-            body.push_str(&format!("{{\"channel\":\"{}\",\"data\":{p}}}", channel_name(*c)));
+            body.push_str(&format!(
+                "{{\"channel\":\"{}\",\"data\":{p}}}",
+                channel_name(*c)
+            ));
         }
         body.push_str("]}");
         let rb = http

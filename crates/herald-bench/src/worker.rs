@@ -47,7 +47,9 @@ pub struct WorkerReport {
 pub enum Command {
     Report,
     /// Final report; `published[c]` messages went to channel c.
-    Stop { published: Vec<u64> },
+    Stop {
+        published: Vec<u64>,
+    },
 }
 
 struct Shared {
@@ -77,7 +79,9 @@ pub async fn run(spec: WorkerSpec) -> anyhow::Result<()> {
         out_of_order: AtomicU64::new(0),
         unique: (0..spec.channels).map(|_| AtomicU64::new(0)).collect(),
         subscribers: (0..spec.channels).map(|_| AtomicU64::new(0)).collect(),
-        latency: (0..SHARDS).map(|_| parking_lot::Mutex::new(crate::new_hist())).collect(),
+        latency: (0..SHARDS)
+            .map(|_| parking_lot::Mutex::new(crate::new_hist()))
+            .collect(),
         connect: parking_lot::Mutex::new(crate::new_hist()),
     });
     let gate = Arc::new(Semaphore::new(spec.connect_concurrency.max(1)));
@@ -112,7 +116,9 @@ pub async fn run(spec: WorkerSpec) -> anyhow::Result<()> {
 fn lost(shared: &Shared, published: &[u64]) -> u64 {
     let mut lost = 0;
     for (c, p) in published.iter().enumerate() {
-        let Some(subs) = shared.subscribers.get(c) else { continue };
+        let Some(subs) = shared.subscribers.get(c) else {
+            continue;
+        };
         let want = p * subs.load(Relaxed);
         let got = shared.unique[c].load(Relaxed);
         lost += want.saturating_sub(got);
@@ -126,7 +132,10 @@ fn snapshot(shared: &Shared, lost: u64, with_hist: bool) -> anyhow::Result<Worke
         for h in &shared.latency {
             all.add(&*h.lock())?;
         }
-        (crate::encode_hist(&all)?, crate::encode_hist(&shared.connect.lock())?)
+        (
+            crate::encode_hist(&all)?,
+            crate::encode_hist(&shared.connect.lock())?,
+        )
     } else {
         (String::new(), String::new())
     };
@@ -223,7 +232,11 @@ async fn open(
         head.extend_from_slice(&buf[..n]);
         if let Some(end) = memchr::memmem::find(&head, b"\r\n\r\n") {
             let text = String::from_utf8_lossy(&head[..end]).to_ascii_lowercase();
-            anyhow::ensure!(text.starts_with("http/1.1 200"), "status: {}", text.lines().next().unwrap_or(""));
+            anyhow::ensure!(
+                text.starts_with("http/1.1 200"),
+                "status: {}",
+                text.lines().next().unwrap_or("")
+            );
             let chunked = text.contains("transfer-encoding: chunked");
             return Ok((stream, head[end + 4..].to_vec(), chunked));
         }

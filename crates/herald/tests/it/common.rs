@@ -104,6 +104,10 @@ impl Server {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
     /// SIGKILL: a crash, nothing flushed by the process itself.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

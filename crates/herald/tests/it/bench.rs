@@ -1,0 +1,91 @@
+//! A seconds-long smoke of `herald bench` against a real server: nothing lost, sane output.
+//! (Performance is measured by running the bench itself, never by timed tests.)
+
+use crate::common::*;
+use std::process::Command;
+
+fn bench(server: &Server, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("bench")
+        .args(["--addr", &format!("127.0.0.1:{}", server.port)])
+        .args(["--api-key", API_KEY, "--jwt-secret", SECRET])
+        .args(["--server-pid", &server.pid().to_string()])
+        .args(args)
+        .output()?;
+    let stdout = String::from_utf8(out.stdout)?;
+    anyhow::ensure!(
+        out.status.success(),
+        "bench failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("herald bench:"), "human summary: {stdout}");
+    let json = stdout.lines().last().unwrap_or_default();
+    Ok(serde_json::from_str(json)?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_smoke_fanout_over_two_workers_loses_nothing() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(dir.path(), &Opts::default())?;
+    let r = bench(
+        &server,
+        &[
+            "--connections",
+            "60",
+            "--per-worker",
+            "40",
+            "--channels",
+            "3",
+            "--rate",
+            "100",
+            "--duration",
+            "1.5",
+            "--publishers",
+            "3",
+        ],
+    )?;
+    assert_eq!(r["connected"], 60);
+    assert_eq!(r["failed"], 0);
+    let published = r["published"].as_u64().unwrap_or(0);
+    assert!(published >= 50, "published {published}");
+    assert_eq!(r["expected_deliveries"], published * 20);
+    assert_eq!(r["deliveries"], r["expected_deliveries"]);
+    assert_eq!(r["lost"], 0);
+    assert_eq!(r["duplicates"], 0);
+    assert_eq!(r["out_of_order"], 0);
+    assert!(r["latency_ms"]["p99"].as_f64().unwrap_or(-1.0) > 0.0);
+    assert!(r["server_rss_per_connection"].is_number());
+    assert!(r["server_cpu_s"].as_f64().unwrap_or(-1.0) >= 0.0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_smoke_ingest_batches() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(dir.path(), &Opts::default())?;
+    let r = bench(
+        &server,
+        &[
+            "--scenario",
+            "ingest",
+            "--duration",
+            "1",
+            "--publishers",
+            "2",
+            "--batch",
+            "100",
+        ],
+    )?;
+    assert_eq!(r["publish_errors"], 0);
+    let published = r["published"].as_u64().unwrap_or(0);
+    assert!(published >= 100, "published {published}");
+    assert!(r["ingest_msgs_per_s"].as_f64().unwrap_or(0.0) > 0.0);
+    // Every acknowledged message is in the store.
+    let p = server.publisher();
+    let mut stored = 0;
+    for c in 0..100 {
+        stored += p.history(&format!("bench-{c}"), 0, 1).await?.last_seq;
+    }
+    assert_eq!(stored, published);
+    Ok(())
+}
