@@ -90,6 +90,7 @@ impl Chunked {
 
 /// Splits an SSE body into lines and reports each bench payload `{"s":S,"t":T…}` found in
 /// a `data:` line.
+#[derive(Default)]
 pub struct DataLines {
     line: Vec<u8>,
     /// Bytes of an over-long line being skipped.
@@ -97,15 +98,6 @@ pub struct DataLines {
 }
 
 const MAX_LINE: usize = 1 << 20;
-
-impl Default for DataLines {
-    fn default() -> Self {
-        Self {
-            line: Vec::new(),
-            skipping: false,
-        }
-    }
-}
 
 impl DataLines {
     pub fn feed(&mut self, mut input: &[u8], on_payload: &mut impl FnMut(u64, u64)) {
