@@ -3,6 +3,7 @@
 //! brings resuming clients up to date from the ring or the store.
 
 mod fanout;
+mod frame;
 mod housekeeping;
 mod hub;
 mod message;
@@ -13,7 +14,7 @@ mod stats;
 mod stream;
 
 pub use message::Message;
-pub use queue::CloseReason;
+pub use queue::{CloseReason, Transport};
 pub use stats::NodeStats;
 pub use stream::SseBody;
 
@@ -25,11 +26,11 @@ use queue::{ConnQueue, Item};
 use rand::Rng;
 use registry::Registry;
 use stats::Counters;
-use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 
@@ -131,15 +132,15 @@ impl Node {
         self.counters.snapshot()
     }
 
-    /// Opens a stream of `channels` (already validated and authorized), resuming each from
-    /// `cursor` where it names the channel. `kill` drops the TCP connection when the
-    /// stream must end while its writes are stuck.
+    /// Prepares a stream of `channels` (already validated and authorized), resuming each
+    /// from `cursor` where it names the channel and starting the others at their current
+    /// head. Reserves a connection slot; the plan is then served on a socket of its own
+    /// ([`StreamPlan::serve`]) or as a hyper body ([`StreamPlan::into_body`]).
     pub async fn open_stream(
         self: &Arc<Self>,
         channels: &[String],
         cursor: Option<&Cursor>,
-        kill: Arc<Notify>,
-    ) -> Result<SseBody, NodeError> {
+    ) -> Result<StreamPlan, NodeError> {
         if *self.stop.borrow() {
             return Err(NodeError::ShuttingDown);
         }
@@ -151,11 +152,20 @@ impl Node {
                 self.config.max_channels_per_stream,
             ));
         }
+        let open = self.counters.connections.fetch_add(1, Relaxed);
+        let mut plan = StreamPlan {
+            node: self.clone(),
+            hashes: Vec::with_capacity(channels.len()),
+            slots: Vec::with_capacity(channels.len()),
+            joins: Vec::with_capacity(channels.len()),
+            reserved: true,
+        };
+        if open >= self.config.max_connections as i64 {
+            Counters::bump(&self.counters.rejected_connections);
+            return Err(NodeError::TooManyConnections);
+        }
         // Every channel gets a definite start before the response goes out: a client that
         // has its 200 receives everything published afterwards.
-        let mut hashes = Vec::with_capacity(channels.len());
-        let mut slots = Vec::with_capacity(channels.len());
-        let mut joins = Vec::with_capacity(channels.len());
         for (idx, ch) in channels.iter().enumerate() {
             let hash = herald_proto::channel_hash(ch);
             let slot = self.hub.slot(ch);
@@ -163,43 +173,15 @@ impl Node {
                 Some(p) => p,
                 None => self.live_position(&slot).await?,
             };
-            hashes.push(hash);
-            slots.push(slot.clone());
-            joins.push(replay::Join {
+            plan.hashes.push(hash);
+            plan.slots.push(slot.clone());
+            plan.joins.push(replay::Join {
                 idx: idx as u16,
                 slot,
                 resume: Some(resume),
             });
         }
-        let open = self.counters.connections.fetch_add(1, Relaxed);
-        if open >= self.config.max_connections as i64 {
-            self.counters.connections.fetch_sub(1, Relaxed);
-            Counters::bump(&self.counters.rejected_connections);
-            return Err(NodeError::TooManyConnections);
-        }
-        Counters::bump(&self.counters.connections_total);
-        let queue = Arc::new(ConnQueue::new(self.config.queue_cap, kill));
-        let conn_id = self.registry.add(&queue);
-        queue.push_unbounded(Item::Raw(self.retry_frame()));
-        let mut positions = stream::Positions::new(hashes);
-        for j in &joins {
-            if let Some(p) = j.resume {
-                positions.set(j.idx, p);
-            }
-        }
-        let replay = tokio::spawn(replay::run(self.clone(), queue.clone(), joins));
-        Ok(SseBody {
-            guard: stream::StreamGuard {
-                node: self.clone(),
-                queue,
-                slots,
-                replay: Some(replay.abort_handle()),
-                conn_id,
-            },
-            positions,
-            scratch: VecDeque::new(),
-            done: false,
-        })
+        Ok(plan)
     }
 
     /// Where a new, non-resuming subscriber of `slot` starts: the newest message this node
@@ -253,5 +235,69 @@ impl Node {
     pub fn kill_all(&self) {
         self.registry
             .for_each(|q| q.close(CloseReason::Shutdown, true));
+    }
+}
+
+/// A stream ready to start: positions resolved, a connection slot reserved.
+pub struct StreamPlan {
+    node: Arc<Node>,
+    hashes: Vec<u64>,
+    slots: Vec<Arc<hub::Slot>>,
+    joins: Vec<replay::Join>,
+    reserved: bool,
+}
+
+impl Drop for StreamPlan {
+    fn drop(&mut self) {
+        if self.reserved {
+            self.node.counters.connections.fetch_sub(1, Relaxed);
+        }
+    }
+}
+
+impl StreamPlan {
+    fn start(mut self, transport: Transport) -> stream::StreamGuard {
+        self.reserved = false;
+        let node = self.node.clone();
+        Counters::bump(&node.counters.connections_total);
+        let mut positions = frame::Positions::new(std::mem::take(&mut self.hashes));
+        for j in &self.joins {
+            if let Some(p) = j.resume {
+                positions.set(j.idx, p);
+            }
+        }
+        let queue = Arc::new(ConnQueue::new(
+            node.config.queue_cap,
+            transport,
+            positions,
+            node.counters.clone(),
+        ));
+        let conn_id = node.registry.add(&queue);
+        queue.push_unbounded(Item::Raw(node.retry_frame()));
+        let joins = std::mem::take(&mut self.joins);
+        let replay = tokio::spawn(replay::run(node.clone(), queue.clone(), joins));
+        stream::StreamGuard {
+            node,
+            queue,
+            slots: std::mem::take(&mut self.slots),
+            replay: Some(replay.abort_handle()),
+            conn_id,
+        }
+    }
+
+    /// Serves the stream as a hyper response body; `kill` drops hyper's connection when the
+    /// stream must end while its writes are stuck.
+    pub fn into_body(self, kill: Arc<Notify>) -> SseBody {
+        SseBody {
+            guard: self.start(Transport::Hyper(kill)),
+        }
+    }
+
+    /// Serves the stream on `socket`: writes `head` (the HTTP response head), then events
+    /// until the stream ends. Returns when it has.
+    pub async fn serve(self, socket: TcpStream, head: Bytes) {
+        let timeout = self.node.config.write_timeout;
+        let guard = self.start(Transport::Socket(socket));
+        stream::serve_socket(guard, head, timeout).await;
     }
 }

@@ -1,15 +1,21 @@
-//! The bounded outbound queue of one SSE connection. Fan-out pushes shared messages into it
-//! without waiting; the connection's body drains everything queued into one write.
+//! The bounded outbound queue of one SSE connection, and its cursor. Fan-out pushes shared
+//! messages without waiting; when the connection owns its socket and nothing is queued, the
+//! push writes straight to the socket (one syscall, no task wake-up). Otherwise the
+//! connection's writer takes everything queued as one chunk.
 
+use crate::frame::{frame_into, frame_shared, Positions};
 use crate::message::Message;
+use crate::stats::Counters;
 use bytes::Bytes;
 use herald_proto::Position;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::future::poll_fn;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 /// What a connection will write, in order.
@@ -47,12 +53,29 @@ pub enum CloseReason {
     ClientGone,
 }
 
+/// What the writer gets.
+pub enum Chunk {
+    Bytes(Bytes),
+    Ended,
+}
+
+/// How a stream ends abruptly: the hyper connection's kill switch, or our own socket.
+pub enum Transport {
+    Hyper(Arc<Notify>),
+    Socket(TcpStream),
+}
+
 struct Inner {
     items: VecDeque<Item>,
+    positions: Positions,
+    /// The unwritten rest of a direct write.
+    pending: Option<Bytes>,
+    /// The writer holds a chunk it has not finished writing.
+    writing: bool,
     reader: Option<Waker>,
     writer: Option<Waker>,
     closed: Option<CloseReason>,
-    /// When the reader last took items; with items pending for long, the peer is stalled.
+    /// When the writer last took bytes; with bytes pending for long, the peer is stalled.
     last_drain: Instant,
 }
 
@@ -60,30 +83,38 @@ struct Inner {
 pub struct ConnQueue {
     inner: Mutex<Inner>,
     cap: usize,
-    /// Drops the TCP connection even while its writes are blocked on a peer that reads nothing.
-    kill: Arc<Notify>,
-}
-
-/// What a drain found.
-pub enum Drained {
-    /// Items moved into the caller's buffer.
-    Items,
-    Pending,
-    Ended,
+    transport: Transport,
+    counters: Arc<Counters>,
 }
 
 impl ConnQueue {
-    pub fn new(cap: usize, kill: Arc<Notify>) -> Self {
+    pub(crate) fn new(
+        cap: usize,
+        transport: Transport,
+        positions: Positions,
+        counters: Arc<Counters>,
+    ) -> Self {
         Self {
             inner: Mutex::new(Inner {
                 items: VecDeque::new(),
+                positions,
+                pending: None,
+                writing: false,
                 reader: None,
                 writer: None,
                 closed: None,
                 last_drain: Instant::now(),
             }),
             cap: cap.max(1),
-            kill,
+            transport,
+            counters,
+        }
+    }
+
+    pub fn socket(&self) -> Option<&TcpStream> {
+        match &self.transport {
+            Transport::Socket(s) => Some(s),
+            Transport::Hyper(_) => None,
         }
     }
 
@@ -96,6 +127,12 @@ impl ConnQueue {
         let mut g = self.inner.lock();
         if g.closed.is_some() {
             return Pushed::Dropped;
+        }
+        if let (Some(sock), true) = (
+            self.socket(),
+            g.items.is_empty() && g.pending.is_none() && !g.writing,
+        ) {
+            return self.write_direct(g, sock, item);
         }
         if let Item::Ephemeral(m, idx) = &item {
             if let Some(key) = &m.conflation_key {
@@ -113,12 +150,9 @@ impl ConnQueue {
             return match item {
                 Item::Reliable(..) | Item::Reset(..) | Item::Position(..) => {
                     g.closed = Some(CloseReason::SlowConsumer);
-                    let w = g.reader.take();
                     drop(g);
-                    self.kill.notify_one();
-                    if let Some(w) = w {
-                        w.wake();
-                    }
+                    self.wake_all();
+                    self.abort();
                     Pushed::Overflow
                 }
                 Item::Ephemeral(..) | Item::Raw(_) => Pushed::Dropped,
@@ -127,6 +161,68 @@ impl ConnQueue {
         g.items.push_back(item);
         let w = g.reader.take();
         drop(g);
+        if let Some(w) = w {
+            w.wake();
+        }
+        Pushed::Queued
+    }
+
+    /// Nothing is queued or being written: frame the item and hand it to the socket now.
+    fn write_direct(
+        &self,
+        mut g: parking_lot::MutexGuard<'_, Inner>,
+        sock: &TcpStream,
+        item: Item,
+    ) -> Pushed {
+        let delivered = matches!(item, Item::Reliable(..) | Item::Ephemeral(..));
+        let bytes = match frame_shared(&item, &mut g.positions) {
+            Some(Ok(Some(b))) => b,
+            Some(Ok(None)) => return Pushed::Queued,
+            Some(Err(())) => {
+                Counters::bump(&self.counters.gap_disconnects);
+                g.closed = Some(CloseReason::Gap);
+                drop(g);
+                self.wake_all();
+                return Pushed::Dropped;
+            }
+            None => {
+                let mut items = VecDeque::from([item]);
+                let mut out = Vec::new();
+                let f = frame_into(&mut items, &mut g.positions, &mut out);
+                if f.gap {
+                    Counters::bump(&self.counters.gap_disconnects);
+                    g.closed = Some(CloseReason::Gap);
+                    drop(g);
+                    self.wake_all();
+                    return Pushed::Dropped;
+                }
+                if out.is_empty() {
+                    return Pushed::Queued;
+                }
+                Bytes::from(out)
+            }
+        };
+        match sock.try_write(&bytes) {
+            Ok(n) if n == bytes.len() => {}
+            Ok(n) => g.pending = Some(bytes.slice(n..)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => g.pending = Some(bytes),
+            Err(_) => {
+                g.closed = Some(CloseReason::ClientGone);
+            }
+        }
+        if g.pending.is_some() {
+            // The writer finishes it; from now on the peer's lag is measured.
+            g.last_drain = Instant::now();
+        }
+        let w = if g.pending.is_some() || g.closed.is_some() {
+            g.reader.take()
+        } else {
+            None
+        };
+        drop(g);
+        if delivered {
+            self.counters.deliveries.fetch_add(1, Relaxed);
+        }
         if let Some(w) = w {
             w.wake();
         }
@@ -173,51 +269,98 @@ impl ConnQueue {
         .await
     }
 
-    /// Moves every queued item into `into` (which must be empty), or registers the reader.
-    pub fn drain(&self, cx: &mut Context<'_>, into: &mut VecDeque<Item>) -> Drained {
+    /// The next bytes to write: what is left of a direct write, else everything queued,
+    /// framed into one chunk. Registers the writer's waker when there is nothing.
+    pub fn poll_chunk(&self, cx: &mut Context<'_>) -> Poll<Chunk> {
         let mut g = self.inner.lock();
-        if g.items.is_empty() {
-            if g.closed.is_some() {
-                return Drained::Ended;
+        loop {
+            if let Some(p) = g.pending.take() {
+                g.writing = true;
+                g.last_drain = Instant::now();
+                return Poll::Ready(Chunk::Bytes(p));
             }
-            g.reader = Some(cx.waker().clone());
-            return Drained::Pending;
+            if g.items.is_empty() {
+                g.writing = false;
+                if g.items.capacity() > 64 {
+                    // Give memory back after a burst.
+                    g.items = VecDeque::new();
+                }
+                if g.closed.is_some() {
+                    return Poll::Ready(Chunk::Ended);
+                }
+                g.reader = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            if g.closed == Some(CloseReason::Gap) {
+                g.items.clear();
+                continue;
+            }
+            g.last_drain = Instant::now();
+            let single = g.items.len() == 1;
+            let inner = &mut *g;
+            let shared = if single {
+                inner
+                    .items
+                    .front()
+                    .and_then(|it| frame_shared(it, &mut inner.positions))
+            } else {
+                None
+            };
+            let (bytes, framed) = match shared {
+                Some(res) => {
+                    let item = inner.items.pop_front();
+                    let counted = !matches!(item, Some(Item::Raw(_)));
+                    match res {
+                        Ok(Some(b)) => (
+                            b,
+                            crate::frame::Framed {
+                                delivered: u64::from(counted),
+                                gap: false,
+                            },
+                        ),
+                        Ok(None) => (Bytes::new(), Default::default()),
+                        Err(()) => (
+                            Bytes::new(),
+                            crate::frame::Framed {
+                                delivered: 0,
+                                gap: true,
+                            },
+                        ),
+                    }
+                }
+                None => {
+                    let mut out = Vec::new();
+                    let f = frame_into(&mut inner.items, &mut inner.positions, &mut out);
+                    (Bytes::from(out), f)
+                }
+            };
+            if framed.gap {
+                Counters::bump(&self.counters.gap_disconnects);
+                g.closed = Some(CloseReason::Gap);
+                g.items.clear();
+            }
+            let w = g.writer.take();
+            if let Some(w) = w {
+                w.wake();
+            }
+            if framed.delivered > 0 {
+                self.counters
+                    .deliveries
+                    .fetch_add(framed.delivered, Relaxed);
+            }
+            if bytes.is_empty() {
+                continue;
+            }
+            g.writing = true;
+            return Poll::Ready(Chunk::Bytes(bytes));
         }
-        std::mem::swap(&mut g.items, into);
-        g.last_drain = Instant::now();
-        let w = g.writer.take();
-        drop(g);
-        if let Some(w) = w {
-            w.wake();
-        }
-        Drained::Items
     }
 
-    /// Gives back an emptied buffer so the queue reuses its allocation.
-    pub fn recycle(&self, mut buf: VecDeque<Item>) {
-        buf.clear();
+    fn wake_all(&self) {
         let mut g = self.inner.lock();
-        if g.items.is_empty() && g.items.capacity() < buf.capacity() {
-            std::mem::swap(&mut g.items, &mut buf);
-        }
-        // Let idle connections give memory back after a burst.
-        if g.items.is_empty() && g.items.capacity() > 64 {
-            g.items.shrink_to(16);
-        }
-    }
-
-    /// Ends the stream after what is queued has been written (or at once if `kill`).
-    pub fn close(&self, reason: CloseReason, kill: bool) {
-        let mut g = self.inner.lock();
-        if g.closed.is_none() {
-            g.closed = Some(reason);
-        }
         let r = g.reader.take();
         let w = g.writer.take();
         drop(g);
-        if kill {
-            self.kill.notify_one();
-        }
         if let Some(r) = r {
             r.wake();
         }
@@ -226,15 +369,50 @@ impl ConnQueue {
         }
     }
 
-    /// True when items have waited longer than `limit` without the reader taking any.
+    /// Drops the connection even while its writes are blocked.
+    fn abort(&self) {
+        match &self.transport {
+            Transport::Hyper(kill) => kill.notify_one(),
+            Transport::Socket(s) => shutdown_socket(s),
+        }
+    }
+
+    /// Ends the stream after what is queued has been written (or at once if `kill`).
+    pub fn close(&self, reason: CloseReason, kill: bool) {
+        {
+            let mut g = self.inner.lock();
+            if g.closed.is_none() {
+                g.closed = Some(reason);
+            }
+        }
+        if kill {
+            self.abort();
+        }
+        self.wake_all();
+    }
+
+    /// True when bytes have waited longer than `limit` without the writer taking any.
     pub fn stalled(&self, limit: std::time::Duration) -> bool {
         let g = self.inner.lock();
-        !g.items.is_empty() && g.last_drain.elapsed() > limit
+        (!g.items.is_empty() || g.pending.is_some() || g.writing) && g.last_drain.elapsed() > limit
+    }
+
+    /// Marks the writer's progress (a slow but moving peer is not stalled).
+    pub fn progressed(&self) {
+        self.inner.lock().last_drain = Instant::now();
     }
 
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.inner.lock().items.len()
+    }
+}
+
+fn shutdown_socket(s: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: shutdown(2) on a descriptor this stream owns; it stays open until dropped.
+    unsafe {
+        libc::shutdown(s.as_raw_fd(), libc::SHUT_RDWR);
     }
 }
 
@@ -255,10 +433,18 @@ mod tests {
         })
     }
 
+    fn queue(cap: usize) -> ConnQueue {
+        ConnQueue::new(
+            cap,
+            Transport::Hyper(Arc::new(Notify::new())),
+            Positions::new(vec![herald_proto::channel_hash("live:1")]),
+            Arc::default(),
+        )
+    }
+
     #[test]
-    fn reliable_overflow_closes_and_kills() {
-        let kill = Arc::new(Notify::new());
-        let q = ConnQueue::new(2, kill);
+    fn reliable_overflow_closes() {
+        let q = queue(2);
         assert_eq!(q.push(Item::Reliable(msg(1, None), 0)), Pushed::Queued);
         assert_eq!(q.push(Item::Reliable(msg(2, None), 0)), Pushed::Queued);
         assert_eq!(q.push(Item::Reliable(msg(3, None), 0)), Pushed::Overflow);
@@ -268,7 +454,7 @@ mod tests {
 
     #[test]
     fn ephemeral_drops_when_full_and_conflates_by_key() {
-        let q = ConnQueue::new(2, Arc::new(Notify::new()));
+        let q = queue(2);
         assert_eq!(
             q.push(Item::Ephemeral(msg(0, Some("k")), 0)),
             Pushed::Queued
@@ -281,5 +467,33 @@ mod tests {
         assert_eq!(q.push(Item::Ephemeral(msg(0, None), 0)), Pushed::Dropped);
         assert_eq!(q.len(), 2);
         assert!(!q.is_closed());
+    }
+
+    #[test]
+    fn chunk_frames_everything_queued_and_skips_duplicates() {
+        let q = queue(16);
+        q.push(Item::Position(0, Position { epoch: 1, seq: 1 }));
+        q.push(Item::Reliable(msg(1, None), 0)); // already seen: skipped
+        q.push(Item::Reliable(msg(2, None), 0));
+        q.push(Item::Reliable(msg(3, None), 0));
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let Poll::Ready(Chunk::Bytes(b)) = q.poll_chunk(&mut cx) else {
+            panic!("a chunk")
+        };
+        let events = herald_proto::SseParser::new().push(&b);
+        assert_eq!(events.len(), 2);
+        assert!(events[1].data.contains("\"seq\":3"));
+        assert!(matches!(q.poll_chunk(&mut cx), Poll::Pending));
+    }
+
+    #[test]
+    fn a_gap_ends_the_stream() {
+        let q = queue(16);
+        q.push(Item::Position(0, Position { epoch: 1, seq: 1 }));
+        q.push(Item::Reliable(msg(3, None), 0));
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(matches!(q.poll_chunk(&mut cx), Poll::Ready(Chunk::Ended)));
     }
 }

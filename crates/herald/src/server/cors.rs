@@ -24,25 +24,40 @@ impl Cors {
         self.any || self.origins.iter().any(|o| o == origin)
     }
 
-    /// Adds the CORS headers for an allowed origin. The origin is echoed (never `*`) because
-    /// credentials are allowed.
-    pub fn apply(&self, origin: Option<&HeaderValue>, resp: &mut Response<ResponseBody>) {
-        let h = resp.headers_mut();
-        h.append(http::header::VARY, HeaderValue::from_static("Origin"));
-        let Some(origin) = origin else { return };
-        let Ok(o) = origin.to_str() else { return };
-        if !self.allows(o) {
-            return;
+    /// The CORS headers for a request from `origin`: none unless the origin is allowed. The
+    /// origin is echoed (never `*`) because credentials are allowed.
+    pub fn header_lines(&self, origin: Option<&HeaderValue>) -> Vec<(&'static str, HeaderValue)> {
+        let Some(origin) = origin else {
+            return Vec::new();
+        };
+        let allowed = origin.to_str().is_ok_and(|o| self.allows(o));
+        if !allowed {
+            return Vec::new();
         }
-        h.insert(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
-        h.insert(
-            http::header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-            HeaderValue::from_static("true"),
-        );
-        h.insert(
-            http::header::ACCESS_CONTROL_EXPOSE_HEADERS,
-            HeaderValue::from_static("Retry-After"),
-        );
+        vec![
+            ("access-control-allow-origin", origin.clone()),
+            (
+                "access-control-allow-credentials",
+                HeaderValue::from_static("true"),
+            ),
+            (
+                "access-control-expose-headers",
+                HeaderValue::from_static("Retry-After"),
+            ),
+            ("vary", HeaderValue::from_static("Origin")),
+        ]
+    }
+
+    /// Adds the CORS headers for an allowed origin.
+    pub fn apply(&self, origin: Option<&HeaderValue>, resp: &mut Response<ResponseBody>) {
+        let lines = self.header_lines(origin);
+        let h = resp.headers_mut();
+        if lines.is_empty() {
+            h.append(http::header::VARY, HeaderValue::from_static("Origin"));
+        }
+        for (k, v) in lines {
+            h.insert(k, v);
+        }
     }
 
     /// Preflight answer for an allowed origin.

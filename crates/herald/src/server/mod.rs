@@ -5,6 +5,7 @@ pub mod body;
 pub mod cors;
 pub mod error;
 mod history;
+mod lean;
 pub mod metrics;
 mod ops;
 mod publish;
@@ -103,6 +104,10 @@ async fn connection(
     state: Arc<State>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let (stream, prefix) = match lean::first_request(&state, stream).await {
+        lean::First::Done => return,
+        lean::First::Hyper(stream, prefix) => (stream, prefix),
+    };
     let kill = Arc::new(Notify::new());
     let svc_kill = kill.clone();
     let svc = service_fn(move |req| {
@@ -116,7 +121,7 @@ async fn connection(
         .header_read_timeout(Duration::from_secs(30))
         .max_buf_size(MAX_HEADER_BUF)
         .max_headers(HYPER_MAX_HEADERS);
-    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    let conn = builder.serve_connection(TokioIo::new(lean::Rewind::new(prefix, stream)), svc);
     tokio::pin!(conn);
     let mut stopping = *stop.borrow();
     if stopping {

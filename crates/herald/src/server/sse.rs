@@ -1,25 +1,41 @@
-//! `GET /v1/sse`: authorize the channels, read the resume cursor, open the stream.
+//! `GET /v1/sse`: authorize the channels, read the resume cursor, open the stream. Served
+//! either on the connection's own socket (the usual case: [`lean`](super::lean)) or as a
+//! hyper response body when the request came on a connection hyper already serves.
 
 use super::body::ResponseBody;
 use super::error::ApiError;
-use super::router::query_pairs;
 use super::State;
-use herald_node::NodeError;
+use herald_node::{NodeError, StreamPlan};
 use herald_proto::{Cursor, MAX_CURSOR_LEN};
-use http::{HeaderValue, Request, Response};
+use http::{HeaderMap, HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use std::sync::Arc;
 use tokio::sync::Notify;
 
-pub async fn handle(
-    state: &Arc<State>,
-    kill: Arc<Notify>,
-    req: Request<Incoming>,
-) -> Result<Response<ResponseBody>, ApiError> {
+/// The response headers of every stream (besides CORS).
+pub const STREAM_HEADERS: [(&str, &str); 3] = [
+    ("content-type", "text/event-stream"),
+    ("cache-control", "no-cache"),
+    ("x-accel-buffering", "no"),
+];
+
+/// Validates and authorizes a stream request and reserves its stream.
+pub async fn prepare(
+    state: &State,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<StreamPlan, ApiError> {
     let mut channels: Vec<String> = Vec::new();
     let mut token = None;
     let mut query_cursor = None;
-    for (k, v) in query_pairs(&req) {
+    let pairs = query
+        .map(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    for (k, v) in pairs {
         match k.as_str() {
             "channel" => {
                 herald_proto::validate_channel(&v)
@@ -39,7 +55,7 @@ pub async fn handle(
             "name at least one ?channel=",
         ));
     }
-    let subscriber = state.auth.subscriber(req.headers(), token.as_deref())?;
+    let subscriber = state.auth.subscriber(headers, token.as_deref())?;
     if let Some(denied) = channels.iter().find(|c| !subscriber.may_read(c)) {
         return Err(ApiError::new(
             403,
@@ -49,7 +65,7 @@ pub async fn handle(
     }
     // The header wins: it is what the browser sends on its automatic reconnect, while the
     // query holds the position of the first connect.
-    let header_cursor = match req.headers().get("last-event-id") {
+    let header_cursor = match headers.get("last-event-id") {
         Some(v) => Some(
             v.to_str()
                 .map_err(|_| {
@@ -76,9 +92,9 @@ pub async fn handle(
             })?)
         }
     };
-    let body = state
+    state
         .node
-        .open_stream(&channels, cursor.as_ref(), kill)
+        .open_stream(&channels, cursor.as_ref())
         .await
         .map_err(|e| match e {
             NodeError::TooManyConnections => {
@@ -90,17 +106,19 @@ pub async fn handle(
             }
             NodeError::NoChannels => ApiError::bad_request("missing_channel", e.to_string()),
             NodeError::Store(_) => ApiError::new(503, "store_unavailable", e.to_string()),
-        })?;
-    let mut resp = Response::new(ResponseBody::Sse(Box::new(body)));
-    let h = resp.headers_mut();
-    h.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(
-        http::header::CACHE_CONTROL,
-        HeaderValue::from_static("no-cache"),
-    );
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        })
+}
+
+/// A stream requested on a connection hyper serves: the stream is the response body.
+pub async fn handle(
+    state: &Arc<State>,
+    kill: Arc<Notify>,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, ApiError> {
+    let plan = prepare(state, req.headers(), req.uri().query()).await?;
+    let mut resp = Response::new(ResponseBody::Sse(Box::new(plan.into_body(kill))));
+    for (k, v) in STREAM_HEADERS {
+        resp.headers_mut().insert(k, HeaderValue::from_static(v));
+    }
     Ok(resp)
 }

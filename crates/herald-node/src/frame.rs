@@ -1,0 +1,163 @@
+//! Turns queued items into SSE bytes for one connection, keeping the connection's cursor:
+//! each reliable event gets an `id:` naming the position of every channel of the stream.
+
+use crate::message::Message;
+use crate::queue::Item;
+use bytes::Bytes;
+use herald_proto::{encode_cursor_into, Position};
+use std::collections::VecDeque;
+
+/// Most bytes framed into one write; the rest waits for the next.
+pub(crate) const MAX_CHUNK: usize = 256 * 1024;
+
+/// Per-connection cursor: the position of each channel of the stream that is known so far.
+pub(crate) struct Positions {
+    hashes: Vec<u64>,
+    /// Index into `known` per channel of the stream.
+    slot_of: Vec<Option<u16>>,
+    known: Vec<(u64, Position)>,
+}
+
+impl Positions {
+    pub fn new(hashes: Vec<u64>) -> Self {
+        let n = hashes.len();
+        Self {
+            hashes,
+            slot_of: vec![None; n],
+            known: Vec::with_capacity(n),
+        }
+    }
+
+    pub fn get(&self, idx: u16) -> Option<Position> {
+        self.slot_of
+            .get(idx as usize)
+            .copied()
+            .flatten()
+            .map(|i| self.known[i as usize].1)
+    }
+
+    pub fn set(&mut self, idx: u16, pos: Position) {
+        let idx = idx as usize;
+        if idx >= self.hashes.len() {
+            return;
+        }
+        match self.slot_of[idx] {
+            Some(i) => self.known[i as usize].1 = pos,
+            None => {
+                self.slot_of[idx] = Some(self.known.len() as u16);
+                self.known.push((self.hashes[idx], pos));
+            }
+        }
+    }
+
+    fn single(&self) -> bool {
+        self.hashes.len() == 1
+    }
+
+    fn write_id_line(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"id: ");
+        encode_cursor_into(&self.known, out);
+        out.push(b'\n');
+    }
+
+    /// Whether a reliable message continues this connection's position for its channel.
+    fn accept(&mut self, m: &Message, idx: u16) -> Accept {
+        if let Some(p) = self.get(idx) {
+            // Epoch 0 is "before the channel's first message" and matches any epoch; another
+            // non-zero epoch means the channel's log was recreated: follow the new one.
+            if p.epoch == m.epoch || p.epoch == 0 {
+                if p.epoch == m.epoch && m.seq <= p.seq {
+                    return Accept::Skip;
+                }
+                if m.seq > p.seq + 1 {
+                    return Accept::Gap;
+                }
+            }
+        }
+        self.set(
+            idx,
+            Position {
+                epoch: m.epoch,
+                seq: m.seq,
+            },
+        );
+        Accept::Write
+    }
+}
+
+enum Accept {
+    Write,
+    Skip,
+    Gap,
+}
+
+/// What framing produced.
+#[derive(Default)]
+pub(crate) struct Framed {
+    pub delivered: u64,
+    /// A message went missing for this connection: end the stream so the client resumes.
+    pub gap: bool,
+}
+
+/// A single item framed without copying, when possible: a reliable event of a one-channel
+/// stream is the message's shared `single` bytes.
+pub(crate) fn frame_shared(
+    item: &Item,
+    positions: &mut Positions,
+) -> Option<Result<Option<Bytes>, ()>> {
+    match item {
+        Item::Reliable(m, idx) if positions.single() => Some(match positions.accept(m, *idx) {
+            Accept::Write => Ok(Some(m.single.clone())),
+            Accept::Skip => Ok(None),
+            Accept::Gap => Err(()),
+        }),
+        Item::Ephemeral(m, _) => Some(Ok(Some(m.body.clone()))),
+        Item::Raw(b) => Some(Ok(Some(b.clone()))),
+        _ => None,
+    }
+}
+
+/// Frames items from the front of `items` into `out` until `out` reaches [`MAX_CHUNK`].
+pub(crate) fn frame_into(
+    items: &mut VecDeque<Item>,
+    positions: &mut Positions,
+    out: &mut Vec<u8>,
+) -> Framed {
+    let mut f = Framed::default();
+    while let Some(item) = items.pop_front() {
+        match item {
+            Item::Reliable(m, idx) => match positions.accept(&m, idx) {
+                Accept::Write => {
+                    f.delivered += 1;
+                    if positions.single() {
+                        out.extend_from_slice(&m.single);
+                    } else {
+                        positions.write_id_line(out);
+                        out.extend_from_slice(&m.body);
+                    }
+                }
+                Accept::Skip => {}
+                Accept::Gap => {
+                    f.gap = true;
+                    items.clear();
+                    return f;
+                }
+            },
+            Item::Ephemeral(m, _) => {
+                f.delivered += 1;
+                out.extend_from_slice(&m.body);
+            }
+            Item::Position(idx, pos) => positions.set(idx, pos),
+            Item::Reset(idx, pos, body) => {
+                positions.set(idx, pos);
+                positions.write_id_line(out);
+                out.extend_from_slice(&body);
+            }
+            Item::Raw(b) => out.extend_from_slice(&b),
+        }
+        if out.len() >= MAX_CHUNK {
+            break;
+        }
+    }
+    f
+}

@@ -1,0 +1,216 @@
+//! The first request of every connection is read here. A stream request (`GET /v1/sse`)
+//! is served on the bare socket — the response head written by us, then events straight
+//! from the node, with no HTTP machinery kept per connection. Everything else goes to hyper
+//! together with the bytes already read.
+
+use super::error::ApiError;
+use super::router::MAX_HEADERS;
+use super::sse::{prepare, STREAM_HEADERS};
+use super::State;
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Longest request head read before handing the connection to hyper (which refuses it).
+const MAX_HEAD: usize = 64 * 1024;
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Headers parsed here; more and hyper decides.
+const PARSE_HEADERS: usize = 128;
+
+/// What the first bytes of a connection turned out to be.
+pub enum First {
+    /// Served here; the connection is done.
+    Done,
+    /// Not a stream request: serve with hyper, replaying `buf` first.
+    Hyper(TcpStream, Bytes),
+}
+
+/// Reads the first request head and serves it if it is a stream request.
+pub async fn first_request(state: &Arc<State>, stream: TcpStream) -> First {
+    let mut buf = BytesMut::with_capacity(1024);
+    let read = tokio::time::timeout(HEAD_TIMEOUT, read_head(&stream, &mut buf)).await;
+    if !matches!(read, Ok(Ok(true))) {
+        // Timed out, closed, or too large: hyper answers what it can of it.
+        return First::Hyper(stream, buf.freeze());
+    }
+    let mut parsed = [httparse::EMPTY_HEADER; PARSE_HEADERS];
+    let mut req = httparse::Request::new(&mut parsed);
+    let is_stream = matches!(req.parse(&buf), Ok(httparse::Status::Complete(_)))
+        && req.method == Some("GET")
+        && req
+            .path
+            .is_some_and(|p| p.split('?').next() == Some("/v1/sse"));
+    if !is_stream {
+        return First::Hyper(stream, buf.freeze());
+    }
+    let path = req.path.unwrap_or_default();
+    let query = path.split_once('?').map(|(_, q)| q);
+    let mut headers = HeaderMap::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
+        if let (Ok(k), Ok(v)) = (
+            HeaderName::from_bytes(h.name.as_bytes()),
+            HeaderValue::from_bytes(h.value),
+        ) {
+            headers.append(k, v);
+        }
+    }
+    let origin = headers.get(http::header::ORIGIN).cloned();
+    let cors = state.cors.header_lines(origin.as_ref());
+    let outcome = if req.headers.len() > MAX_HEADERS {
+        Err(ApiError::new(
+            431,
+            "headers_too_large",
+            format!("at most {MAX_HEADERS} request headers"),
+        ))
+    } else {
+        prepare(state, &headers, query).await
+    };
+    match outcome {
+        Ok(plan) => {
+            let mut head = b"HTTP/1.1 200 OK\r\n".to_vec();
+            for (k, v) in STREAM_HEADERS {
+                push_header(&mut head, k, v.as_bytes());
+            }
+            for (k, v) in &cors {
+                push_header(&mut head, k, v.as_bytes());
+            }
+            // The body ends when the connection does.
+            head.extend_from_slice(b"connection: close\r\n\r\n");
+            plan.serve(stream, Bytes::from(head)).await;
+        }
+        Err(e) => {
+            let body = herald_proto::error_json(e.code, &e.message);
+            let mut out = format!(
+                "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
+                e.status,
+                reason(e.status),
+                body.len()
+            )
+            .into_bytes();
+            if e.status == 503 {
+                push_header(&mut out, "retry-after", b"5");
+            }
+            for (k, v) in &cors {
+                push_header(&mut out, k, v.as_bytes());
+            }
+            out.extend_from_slice(b"\r\n");
+            out.extend_from_slice(&body);
+            let _ = tokio::time::timeout(Duration::from_secs(5), write_all(&stream, &out)).await;
+        }
+    }
+    First::Done
+}
+
+fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Reads until the end of the request head; false if the peer closed or the head is too big.
+async fn read_head(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<bool> {
+    loop {
+        if memchr_head_end(buf) {
+            return Ok(true);
+        }
+        if buf.len() >= MAX_HEAD {
+            return Ok(false);
+        }
+        stream.readable().await?;
+        let mut chunk = [0u8; 4096];
+        match stream.try_read(&mut chunk) {
+            Ok(0) => return Ok(false),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn memchr_head_end(buf: &[u8]) -> bool {
+    buf.windows(4).any(|w| w == b"\r\n\r\n")
+}
+
+async fn write_all(stream: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        stream.writable().await?;
+        match stream.try_write(buf) {
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn reason(status: u16) -> &'static str {
+    http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Error")
+}
+
+/// A socket whose first bytes were already read: hyper reads them again from here.
+pub struct Rewind {
+    prefix: Bytes,
+    inner: TcpStream,
+}
+
+impl Rewind {
+    pub fn new(prefix: Bytes, inner: TcpStream) -> Self {
+        Self { prefix, inner }
+    }
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let head = self.prefix.split_to(n);
+            buf.put_slice(&head);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
