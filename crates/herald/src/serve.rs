@@ -39,9 +39,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let fabric: Arc<dyn Fabric> = Arc::new(fabric);
     let node = Node::start(store.clone(), fabric.clone(), incoming, config.node.clone());
     let dispatcher = Dispatcher::start(store, fabric, config.dispatcher.clone());
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
+    let listener = listen(config.listen).with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
     let state = Arc::new(State {
         node,
@@ -62,6 +60,21 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let _ = std::io::stdout().flush();
     server::serve(listener, state, shutdown_signal(), config.shutdown_timeout).await;
     Ok(())
+}
+
+/// Connections waiting to be accepted; reconnect storms of thousands of clients arrive at
+/// once, and a short queue turns them into SYN retries a second later.
+const LISTEN_BACKLOG: u32 = 8192;
+
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 async fn shutdown_signal() {

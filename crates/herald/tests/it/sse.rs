@@ -483,3 +483,40 @@ async fn spec_conformant_eventsource_client_receives_and_tracks_ids() -> anyhow:
     assert_eq!(data["data"]["n"], 1);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_on_a_keep_alive_connection_after_another_request() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(dir.path(), &Opts::default())?;
+    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", server.port)).await?;
+    // First a plain request (served by the HTTP stack), then a stream on the same connection.
+    sock.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await?;
+    let mut buf = vec![0u8; 4096];
+    let mut text = String::new();
+    while !text.contains("\"status\":\"ok\"") {
+        let n = tokio::time::timeout(WAIT, sock.read(&mut buf)).await??;
+        anyhow::ensure!(n > 0, "closed early: {text}");
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let t = token("u1", &["live:*"]);
+    sock.write_all(
+        format!("GET /v1/sse?channel=live:ka&token={t} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    eventually(WAIT, "stream joined", || async {
+        server.metric("herald_subscriptions").await.unwrap_or(0.0) >= 1.0
+    })
+    .await?;
+    server.publisher().publish(&msg("live:ka", 5)).await?;
+    let mut text = String::new();
+    while !text.contains("\"n\":5") {
+        let n = tokio::time::timeout(WAIT, sock.read(&mut buf)).await??;
+        anyhow::ensure!(n > 0, "closed early: {text}");
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(text.contains("text/event-stream"));
+    assert!(text.contains("\"seq\":1"));
+    Ok(())
+}
