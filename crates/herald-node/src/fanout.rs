@@ -11,14 +11,20 @@ use tokio::sync::{mpsc, watch};
 
 /// Most messages fetched to repair one gap; a bigger hole is left to client resumes.
 const MAX_REPAIR: usize = 10_000;
+/// Most messages fanned out before the touched connections are written. While the node
+/// keeps up this is 1 (each message leaves at once); when it falls behind, the messages
+/// that queued meanwhile leave together, one write per connection.
+const MAX_BATCH: usize = 512;
 
 pub(crate) async fn run(
     node: Arc<Node>,
     mut rx: mpsc::Receiver<FabricMessage>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut flush = Vec::new();
     loop {
-        let fm = tokio::select! {
+        let first = tokio::select! {
             biased;
             m = rx.recv() => match m {
                 Some(m) => m,
@@ -26,15 +32,32 @@ pub(crate) async fn run(
             },
             _ = stop.changed() => return,
         };
-        let msg = Message::from_fabric(&fm);
-        if let Delivered::Gap { after } = node.hub.deliver(&msg) {
-            repair(&node, &msg, after).await;
-            node.hub.deliver(&msg);
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        for fm in batch.drain(..) {
+            let msg = Message::from_fabric(&fm);
+            if let Delivered::Gap { after } = node.hub.deliver(&msg, &mut flush) {
+                repair(&node, &msg, after, &mut flush).await;
+                node.hub.deliver(&msg, &mut flush);
+            }
+        }
+        for q in flush.drain(..) {
+            q.flush();
         }
     }
 }
 
-async fn repair(node: &Node, msg: &Arc<Message>, after: u64) {
+async fn repair(
+    node: &Node,
+    msg: &Arc<Message>,
+    after: u64,
+    flush: &mut Vec<Arc<crate::queue::ConnQueue>>,
+) {
     Counters::bump(&node.counters.gap_repairs);
     let want = (msg.seq - after - 1) as usize;
     match node
@@ -45,7 +68,7 @@ async fn repair(node: &Node, msg: &Arc<Message>, after: u64) {
         Ok(missing) => {
             for m in missing.iter().filter(|m| m.seq < msg.seq) {
                 node.hub
-                    .deliver(&Message::from_stored(msg.channel.clone(), m));
+                    .deliver(&Message::from_stored(msg.channel.clone(), m), flush);
             }
         }
         Err(e) => {

@@ -100,8 +100,9 @@ impl Hub {
         slot
     }
 
-    /// Fans a message out to the channel's local subscribers.
-    pub fn deliver(&self, msg: &Arc<Message>) -> Delivered {
+    /// Fans a message out to the channel's local subscribers. Socket connections that were
+    /// idle are added to `flush` and written by the caller after its batch.
+    pub fn deliver(&self, msg: &Arc<Message>, flush: &mut Vec<Arc<ConnQueue>>) -> Delivered {
         let Some(slot) = self.get(&msg.channel) else {
             return Delivered::Done;
         };
@@ -134,7 +135,11 @@ impl Hub {
             } else {
                 Item::Reliable(msg.clone(), *idx)
             };
-            match q.push(item) {
+            let (pushed, needs_flush) = q.push_deferred(item);
+            if needs_flush {
+                flush.push(q.clone());
+            }
+            match pushed {
                 Pushed::Queued => {}
                 Pushed::Conflated => Counters::bump(&self.counters.ephemeral_conflated),
                 Pushed::Dropped => {

@@ -72,6 +72,8 @@ struct Inner {
     pending: Option<Bytes>,
     /// The writer holds a chunk it has not finished writing.
     writing: bool,
+    /// The fan-out loop will write what is queued once its current batch is framed.
+    flush_due: bool,
     reader: Option<Waker>,
     writer: Option<Waker>,
     closed: Option<CloseReason>,
@@ -100,6 +102,7 @@ impl ConnQueue {
                 positions,
                 pending: None,
                 writing: false,
+                flush_due: false,
                 reader: None,
                 writer: None,
                 closed: None,
@@ -123,16 +126,26 @@ impl ConnQueue {
     }
 
     /// Pushes a live item without waiting; what happens when full depends on the item.
+    /// On an idle socket connection the item is written at once.
     pub fn push(&self, item: Item) -> Pushed {
+        self.push_mode(item, false).0
+    }
+
+    /// Like [`push`](Self::push) for the fan-out loop: on an idle socket connection the item
+    /// is only queued, and the second value says the caller must [`flush`](Self::flush) this
+    /// connection after its batch, so a batch of messages leaves in one write.
+    pub fn push_deferred(&self, item: Item) -> (Pushed, bool) {
+        self.push_mode(item, true)
+    }
+
+    fn push_mode(&self, item: Item, defer: bool) -> (Pushed, bool) {
         let mut g = self.inner.lock();
         if g.closed.is_some() {
-            return Pushed::Dropped;
+            return (Pushed::Dropped, false);
         }
-        if let (Some(sock), true) = (
-            self.socket(),
-            g.items.is_empty() && g.pending.is_none() && !g.writing,
-        ) {
-            return self.write_direct(g, sock, item);
+        let idle = g.items.is_empty() && g.pending.is_none() && !g.writing;
+        if let (Some(sock), true, false) = (self.socket(), idle, defer) {
+            return (self.write_direct(g, sock, item), false);
         }
         if let Item::Ephemeral(m, idx) = &item {
             if let Some(key) = &m.conflation_key {
@@ -142,7 +155,7 @@ impl ConnQueue {
                 });
                 if let Some(slot) = found {
                     *slot = item;
-                    return Pushed::Conflated;
+                    return (Pushed::Conflated, false);
                 }
             }
         }
@@ -153,18 +166,100 @@ impl ConnQueue {
                     drop(g);
                     self.wake_all();
                     self.abort();
-                    Pushed::Overflow
+                    (Pushed::Overflow, false)
                 }
-                Item::Ephemeral(..) | Item::Raw(_) => Pushed::Dropped,
+                Item::Ephemeral(..) | Item::Raw(_) => (Pushed::Dropped, false),
             };
         }
         g.items.push_back(item);
+        if defer && self.socket().is_some() && (idle || g.flush_due) {
+            let first = !g.flush_due;
+            g.flush_due = true;
+            return (Pushed::Queued, first);
+        }
         let w = g.reader.take();
         drop(g);
         if let Some(w) = w {
             w.wake();
         }
-        Pushed::Queued
+        (Pushed::Queued, false)
+    }
+
+    /// Writes everything queued in one syscall (the fan-out loop, after its batch); what the
+    /// socket does not take is left to the connection's writer.
+    pub fn flush(&self) {
+        let mut g = self.inner.lock();
+        g.flush_due = false;
+        let Some(sock) = self.socket() else { return };
+        if g.closed.is_some() || g.writing || g.pending.is_some() || g.items.is_empty() {
+            return;
+        }
+        let inner = &mut *g;
+        let mut out = Vec::new();
+        let bytes = if inner.items.len() == 1 {
+            match inner
+                .items
+                .front()
+                .and_then(|it| frame_shared(it, &mut inner.positions))
+            {
+                Some(res) => {
+                    let item = inner.items.pop_front();
+                    if matches!(item, Some(Item::Reliable(..) | Item::Ephemeral(..))) {
+                        if let Ok(Some(_)) = &res {
+                            self.counters.deliveries.fetch_add(1, Relaxed);
+                        }
+                    }
+                    match res {
+                        Ok(Some(b)) => b,
+                        Ok(None) => return,
+                        Err(()) => {
+                            Counters::bump(&self.counters.gap_disconnects);
+                            g.closed = Some(CloseReason::Gap);
+                            drop(g);
+                            self.wake_all();
+                            return;
+                        }
+                    }
+                }
+                None => Bytes::new(),
+            }
+        } else {
+            Bytes::new()
+        };
+        let bytes = if bytes.is_empty() {
+            let f = frame_into(&mut inner.items, &mut inner.positions, &mut out);
+            self.counters.deliveries.fetch_add(f.delivered, Relaxed);
+            if f.gap {
+                Counters::bump(&self.counters.gap_disconnects);
+                g.closed = Some(CloseReason::Gap);
+                g.items.clear();
+                drop(g);
+                self.wake_all();
+                return;
+            }
+            if out.is_empty() {
+                return;
+            }
+            Bytes::from(out)
+        } else {
+            bytes
+        };
+        match sock.try_write(&bytes) {
+            Ok(n) if n == bytes.len() => {}
+            Ok(n) => g.pending = Some(bytes.slice(n..)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => g.pending = Some(bytes),
+            Err(_) => g.closed = Some(CloseReason::ClientGone),
+        }
+        if g.pending.is_some() {
+            g.last_drain = Instant::now();
+        }
+        // Anything left (pending bytes, items beyond one chunk, a close) is the writer's.
+        let needs_writer = g.pending.is_some() || g.closed.is_some() || !g.items.is_empty();
+        let w = if needs_writer { g.reader.take() } else { None };
+        drop(g);
+        if let Some(w) = w {
+            w.wake();
+        }
     }
 
     /// Nothing is queued or being written: frame the item and hand it to the socket now.
