@@ -39,6 +39,11 @@ const EVENT_OF = { 'live:b1': 'comment', 'live:b2': null };
 // ---------------------------------------------------------------------------------------------
 // Resources, released in `after` whatever happens.
 
+/** Wall-clock marks (ms) of the test's steps, printed on failure next to the page's. */
+const marks = {};
+/** The page's console output, printed on failure. */
+const pageLog = [];
+
 const res = {
   tmp: null,
   pageServer: null,
@@ -114,6 +119,7 @@ function startHerald({ port, dataDir, corsOrigin, name }) {
     HERALD_CORS_ORIGINS: corsOrigin,
     HERALD_RETRY_MS: String(RETRY_MS),
     HERALD_RETRY_JITTER_MS: String(RETRY_JITTER_MS),
+    NO_COLOR: '1',
   });
   const child = spawn(
     HERALD_BIN,
@@ -232,7 +238,51 @@ async function waitInPage(page, what, predicate, arg, timeout) {
   }
 }
 
-const reliableCount = () => window.__events.filter((e) => e.lastEventId !== '' && e.type !== 'herald:reset').length;
+/** GET with a deadline; resolves with whatever bytes arrived (for raw SSE dumps). */
+function rawGet(url, headers, ms) {
+  return new Promise((resolve) => {
+    let text = '';
+    let status = null;
+    const req = http.get(url, { agent: false, headers }, (resp) => {
+      status = resp.statusCode;
+      resp.setEncoding('utf8');
+      resp.on('data', (c) => (text += c));
+      resp.on('end', () => resolve({ status, text }));
+      resp.on('error', () => resolve({ status, text }));
+    });
+    req.on('error', (e) => resolve({ status, text: text + `\n<error: ${e.message}>` }));
+    const timer = setTimeout(() => {
+      req.destroy();
+      resolve({ status, text });
+    }, ms);
+    req.on('close', () => clearTimeout(timer));
+  });
+}
+
+/** On failure: herald logs, its /metrics, and what a fresh resume from the browser's cursor gets. */
+async function dumpDiagnostics(herald, page) {
+  const out = (s) => process.stderr.write(`${s}\n`);
+  out(`----- test marks: ${JSON.stringify(marks)}`);
+  out(`----- page console -----\n${pageLog.join('\n')}`);
+  for (const h of res.heralds) out(`----- ${h.name} log -----\n${h.log()}`);
+  const alive = herald.child.exitCode === null && herald.child.signalCode === null;
+  if (!alive) return;
+  const metrics = await rawGet(`${herald.base}/metrics`, {}, 2000);
+  out(`----- ${herald.name} /metrics -----\n${metrics.text.split('\n').filter((l) => l && !l.startsWith('#')).join('\n')}`);
+  if (!page) return;
+  const state = await page.evaluate(pageState).catch(() => null);
+  if (!state) return;
+  const last = state.events.at(-1)?.lastEventId;
+  out(`----- browser: opens=${state.opens} errors=${state.errors} readyState=${state.readyState} events=${state.events.length} lastEventId=${last}`);
+  out(`----- browser states: ${JSON.stringify(state.states)}`);
+  if (last) {
+    const src = await page.evaluate(() => window.__es.url);
+    const raw = await rawGet(src, { 'last-event-id': last }, 2000);
+    out(`----- raw SSE, 2 s of GET ${src.replace(/token=[^&]+/, 'token=...')} with Last-Event-ID ${last} (status ${raw.status}) -----\n${raw.text}`);
+    const metrics2 = await rawGet(`${herald.base}/metrics`, {}, 2000);
+    out(`----- ${herald.name} /metrics after that -----\n${metrics2.text.split('\n').filter((l) => l && !l.startsWith('#')).join('\n')}`);
+  }
+}
 
 // ---------------------------------------------------------------------------------------------
 
@@ -248,6 +298,7 @@ test('plain EventSource follows two channels across a herald SIGKILL + restart, 
   assert.ok(port > 0);
   assert.notEqual(herald.base, pageOrigin, 'page and herald must be different origins (CORS)');
 
+  let page = null;
   try {
     res.browser = await withTimeout(
       chromium.launch({
@@ -267,13 +318,9 @@ test('plain EventSource follows two channels across a herald SIGKILL + restart, 
       'chromium.launch',
     );
     const context = await res.browser.newContext();
-    const page = await context.newPage();
-    const pageLog = [];
+    page = await context.newPage();
     page.on('console', (m) => pageLog.push(`console.${m.type()}: ${m.text()}`));
     page.on('pageerror', (e) => pageLog.push(`pageerror: ${e.message}`));
-    t.after(() => {
-      if (pageLog.length) t.diagnostic(`page log:\n${pageLog.join('\n')}`);
-    });
 
     const token = signToken(
       { sub: 'u1', channels: ['live:*'], exp: Math.floor(Date.now() / 1000) + 600 },
@@ -308,15 +355,18 @@ test('plain EventSource follows two channels across a herald SIGKILL + restart, 
 
     // --- 3. Crash, restart on the same port and data dir, publish while the browser is away.
     const killedAt = Date.now();
+    marks.killedAt = killedAt;
     const exit = await herald.kill('SIGKILL');
     assert.equal(exit.sig, 'SIGKILL', 'herald#1 died of SIGKILL');
     await waitInPage(page, 'the EventSource to notice the crash', () => window.__errors >= 1 && window.__es.readyState === 0, null, 10_000);
 
     herald = await startHerald({ port, dataDir, corsOrigin: pageOrigin, name: 'herald#2' });
     assert.equal(herald.port, port, 'herald#2 listens on the same port');
-    const restartMs = Date.now() - killedAt;
+    marks.restartedAt = Date.now();
+    const restartMs = marks.restartedAt - killedAt;
 
     await publishRound('while-disconnected', 3, herald.base);
+    marks.disconnectedPublishesDoneAt = Date.now();
     const opensAfterPublish = await page.evaluate(() => window.__opens);
     const disconnectedPublishMs = Date.now() - killedAt;
     t.diagnostic(`restart took ${restartMs} ms; disconnected publishes done ${disconnectedPublishMs} ms after the kill`);
@@ -380,7 +430,7 @@ test('plain EventSource follows two channels across a herald SIGKILL + restart, 
       assert.ok(e.at >= secondOpenAt, `${e.data.channel} seq ${e.data.seq} arrived after the reconnect`);
     }
   } catch (e) {
-    for (const h of res.heralds) t.diagnostic(`${h.name} log:\n${h.log()}`);
+    await dumpDiagnostics(herald, page).catch((err) => process.stderr.write(`diagnostics failed: ${err.message}\n`));
     throw e;
   }
 });
