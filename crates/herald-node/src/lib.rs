@@ -16,7 +16,7 @@ mod stream;
 pub use message::Message;
 pub use queue::{CloseReason, Transport};
 pub use stats::NodeStats;
-pub use stream::SseBody;
+pub use stream::{SseBody, StreamTask};
 
 use bytes::Bytes;
 use herald_fabric::{Fabric, FabricMessage};
@@ -169,7 +169,8 @@ impl Node {
         for (idx, ch) in channels.iter().enumerate() {
             let hash = herald_proto::channel_hash(ch);
             let slot = self.hub.slot(ch);
-            let resume = match cursor.and_then(|c| c.get_hash(hash)) {
+            let named = cursor.and_then(|c| c.get_hash(hash));
+            let resume = match named {
                 Some(p) => p,
                 None => self.live_position(&slot).await?,
             };
@@ -179,6 +180,7 @@ impl Node {
                 idx: idx as u16,
                 slot,
                 resume: Some(resume),
+                live: named.is_none(),
             });
         }
         Ok(plan)
@@ -274,13 +276,32 @@ impl StreamPlan {
         ));
         let conn_id = node.registry.add(&queue);
         queue.push_unbounded(Item::Raw(node.retry_frame()));
-        let joins = std::mem::take(&mut self.joins);
-        let replay = tokio::spawn(replay::run(node.clone(), queue.clone(), joins));
+        // A live join starts at the head read moments ago: it needs no validation against the
+        // store, and usually joins right here. Only resumes (and live joins the ring cannot
+        // bridge) need the replay task.
+        let joins: Vec<replay::Join> = std::mem::take(&mut self.joins)
+            .into_iter()
+            .filter(|j| match (j.live, j.resume) {
+                (true, Some(p)) => !matches!(
+                    node.hub.attach(&j.slot, &queue, j.idx, p),
+                    hub::Attached::Live
+                ),
+                _ => true,
+            })
+            .collect();
+        if !joins.is_empty() {
+            // The task ends by itself once done or once the stream closes; no handle is kept,
+            // since a handle would keep the finished task's memory for the stream's life.
+            drop(tokio::spawn(replay::run(
+                node.clone(),
+                queue.clone(),
+                joins,
+            )));
+        }
         stream::StreamGuard {
             node,
             queue,
             slots: std::mem::take(&mut self.slots),
-            replay: Some(replay.abort_handle()),
             conn_id,
         }
     }
@@ -293,11 +314,9 @@ impl StreamPlan {
         }
     }
 
-    /// Serves the stream on `socket`: writes `head` (the HTTP response head), then events
-    /// until the stream ends. Returns when it has.
-    pub async fn serve(self, socket: TcpStream, head: Bytes) {
-        let timeout = self.node.config.write_timeout;
-        let guard = self.start(Transport::Socket(socket));
-        stream::serve_socket(guard, head, timeout).await;
+    /// Serves the stream on `socket`: the returned future writes `head` (the HTTP response
+    /// head), then events, and completes when the stream has ended.
+    pub fn serve(self, socket: TcpStream, head: Bytes) -> StreamTask {
+        StreamTask::new(self.start(Transport::Socket(socket)), head)
     }
 }

@@ -39,6 +39,8 @@ pub(crate) struct Join {
     pub idx: u16,
     pub slot: Arc<Slot>,
     pub resume: Option<Position>,
+    /// The client named no position: `resume` is the head as read just now.
+    pub live: bool,
 }
 
 /// Runs the joins of one stream in order. Ends early if the stream closes.

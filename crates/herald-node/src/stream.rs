@@ -4,18 +4,15 @@
 
 use crate::hub::Slot;
 use crate::queue::{Chunk, CloseReason, ConnQueue};
-use crate::stats::Counters;
 use crate::Node;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use std::convert::Infallible;
-use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 use tokio::net::TcpStream;
 
 /// Releases the stream's subscriptions and its connection slot when the stream ends.
@@ -23,16 +20,13 @@ pub(crate) struct StreamGuard {
     pub node: Arc<Node>,
     pub queue: Arc<ConnQueue>,
     pub slots: Vec<Arc<Slot>>,
-    pub replay: Option<tokio::task::AbortHandle>,
     pub conn_id: u64,
 }
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
+        // Closing the queue also ends the stream's replay task at its next step.
         self.queue.close(CloseReason::ClientGone, false);
-        if let Some(r) = self.replay.take() {
-            r.abort();
-        }
         for s in &self.slots {
             self.node.hub.detach(s, &self.queue);
         }
@@ -70,39 +64,83 @@ impl Body for SseBody {
     }
 }
 
-/// Writes the response head, then everything the queue yields, until the stream ends, the
-/// peer goes away, or a write makes no progress for `write_timeout`.
-pub(crate) async fn serve_socket(guard: StreamGuard, head: Bytes, write_timeout: Duration) {
-    let queue = guard.queue.clone();
-    let Some(sock) = queue.socket() else { return };
-    if write_all(sock, &head, write_timeout, &queue).await.is_err() {
-        return;
-    }
-    loop {
-        let chunk = tokio::select! {
-            c = poll_fn(|cx| queue.poll_chunk(cx)) => c,
-            r = sock.readable() => {
-                if r.is_err() || peer_closed(sock) {
-                    break;
-                }
-                continue;
-            }
-        };
-        match chunk {
-            Chunk::Bytes(b) => match write_all(sock, &b, write_timeout, &queue).await {
-                Ok(()) => {}
-                Err(e) => {
-                    if e.kind() == io::ErrorKind::TimedOut {
-                        Counters::bump(&guard.node.counters.stalled_disconnects);
-                    }
-                    break;
-                }
-            },
-            Chunk::Ended => break,
+/// A stream served on its own socket: writes the response head, then everything the queue
+/// yields, until the stream ends or the peer goes away. A hand-written future with no timers
+/// or stored I/O futures, because this is the per-connection state of every idle stream; a
+/// peer that stops reading is found by the housekeeping stall check, which shuts the socket
+/// down.
+pub struct StreamTask {
+    guard: StreamGuard,
+    current: Option<Bytes>,
+}
+
+impl StreamTask {
+    pub(crate) fn new(guard: StreamGuard, head: Bytes) -> Self {
+        Self {
+            guard,
+            current: Some(head),
         }
     }
-    queue.close(CloseReason::ClientGone, true);
-    drop(guard);
+}
+
+impl std::future::Future for StreamTask {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        let queue = &this.guard.queue;
+        let done = match queue.socket() {
+            Some(sock) => poll_stream(cx, sock, queue, &mut this.current),
+            None => Poll::Ready(()),
+        };
+        if done.is_ready() {
+            queue.close(CloseReason::ClientGone, true);
+        }
+        done
+    }
+}
+
+fn poll_stream(
+    cx: &mut Context<'_>,
+    sock: &TcpStream,
+    queue: &ConnQueue,
+    current: &mut Option<Bytes>,
+) -> Poll<()> {
+    loop {
+        // Notice a peer that hung up even while nothing is being written.
+        if let Poll::Ready(r) = sock.poll_read_ready(cx) {
+            if r.is_err() || peer_closed(sock) {
+                return Poll::Ready(());
+            }
+            continue;
+        }
+        if let Some(chunk) = current {
+            match sock.try_write(chunk) {
+                Ok(n) => {
+                    queue.progressed();
+                    if n == chunk.len() {
+                        *current = None;
+                    } else {
+                        let _ = chunk.split_to(n);
+                    }
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    match sock.poll_write_ready(cx) {
+                        Poll::Ready(Ok(())) => continue,
+                        Poll::Ready(Err(_)) => return Poll::Ready(()),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+                Err(_) => return Poll::Ready(()),
+            }
+        }
+        match queue.poll_chunk(cx) {
+            Poll::Ready(Chunk::Bytes(b)) => *current = Some(b),
+            Poll::Ready(Chunk::Ended) => return Poll::Ready(()),
+            Poll::Pending => return Poll::Pending,
+        }
+    }
 }
 
 /// Reads and discards what the client sends; true once it has closed its side.
@@ -116,29 +154,4 @@ fn peer_closed(sock: &TcpStream) -> bool {
             Err(_) => return true,
         }
     }
-}
-
-async fn write_all(
-    sock: &TcpStream,
-    mut buf: &[u8],
-    limit: Duration,
-    queue: &ConnQueue,
-) -> io::Result<()> {
-    while !buf.is_empty() {
-        match sock.try_write(buf) {
-            Ok(n) => {
-                buf = &buf[n..];
-                queue.progressed();
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                tokio::time::timeout(limit, sock.writable())
-                    .await
-                    .map_err(|_| {
-                        io::Error::new(io::ErrorKind::TimedOut, "peer stopped reading")
-                    })??;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }

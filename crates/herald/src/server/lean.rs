@@ -25,13 +25,15 @@ const PARSE_HEADERS: usize = 128;
 
 /// What the first bytes of a connection turned out to be.
 pub enum First {
-    /// Served here; the connection is done.
+    /// Answered here (an error); the connection is done.
     Done,
+    /// A stream to serve on the socket, with its response head.
+    Stream(herald_node::StreamPlan, TcpStream, Bytes),
     /// Not a stream request: serve with hyper, replaying `buf` first.
     Hyper(TcpStream, Bytes),
 }
 
-/// Reads the first request head and serves it if it is a stream request.
+/// Reads the first request head; answers a refused stream request itself.
 pub async fn first_request(state: &Arc<State>, stream: TcpStream) -> First {
     let mut buf = BytesMut::with_capacity(1024);
     let read = tokio::time::timeout(HEAD_TIMEOUT, read_head(&stream, &mut buf)).await;
@@ -39,30 +41,19 @@ pub async fn first_request(state: &Arc<State>, stream: TcpStream) -> First {
         // Timed out, closed, or too large: hyper answers what it can of it.
         return First::Hyper(stream, buf.freeze());
     }
-    let mut parsed = [httparse::EMPTY_HEADER; PARSE_HEADERS];
-    let mut req = httparse::Request::new(&mut parsed);
-    let is_stream = matches!(req.parse(&buf), Ok(httparse::Status::Complete(_)))
-        && req.method == Some("GET")
-        && req
-            .path
-            .is_some_and(|p| p.split('?').next() == Some("/v1/sse"));
-    if !is_stream {
+    let Some(req) = parse_stream_request(&buf) else {
         return First::Hyper(stream, buf.freeze());
-    }
-    let path = req.path.unwrap_or_default();
-    let query = path.split_once('?').map(|(_, q)| q);
-    let mut headers = HeaderMap::with_capacity(req.headers.len());
-    for h in req.headers.iter() {
-        if let (Ok(k), Ok(v)) = (
-            HeaderName::from_bytes(h.name.as_bytes()),
-            HeaderValue::from_bytes(h.value),
-        ) {
-            headers.append(k, v);
-        }
-    }
+    };
+    drop(buf);
+    let StreamRequest {
+        query,
+        headers,
+        header_count,
+    } = req;
+    let query = query.as_deref();
     let origin = headers.get(http::header::ORIGIN).cloned();
     let cors = state.cors.header_lines(origin.as_ref());
-    let outcome = if req.headers.len() > MAX_HEADERS {
+    let outcome = if header_count > MAX_HEADERS {
         Err(ApiError::new(
             431,
             "headers_too_large",
@@ -82,7 +73,7 @@ pub async fn first_request(state: &Arc<State>, stream: TcpStream) -> First {
             }
             // The body ends when the connection does.
             head.extend_from_slice(b"connection: close\r\n\r\n");
-            plan.serve(stream, Bytes::from(head)).await;
+            return First::Stream(plan, stream, Bytes::from(head));
         }
         Err(e) => {
             let body = herald_proto::error_json(e.code, &e.message);
@@ -112,6 +103,39 @@ fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
+}
+
+/// A parsed `GET /v1/sse` request head.
+struct StreamRequest {
+    query: Option<String>,
+    headers: HeaderMap,
+    header_count: usize,
+}
+
+/// Parses the head if it is a stream request. Synchronous on purpose: the header array
+/// stays on this stack frame instead of in the connection's future.
+fn parse_stream_request(buf: &[u8]) -> Option<StreamRequest> {
+    let mut parsed = [httparse::EMPTY_HEADER; PARSE_HEADERS];
+    let mut req = httparse::Request::new(&mut parsed);
+    let complete = matches!(req.parse(buf), Ok(httparse::Status::Complete(_)));
+    let path = req.path?;
+    if !complete || req.method != Some("GET") || path.split('?').next() != Some("/v1/sse") {
+        return None;
+    }
+    let mut headers = HeaderMap::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
+        if let (Ok(k), Ok(v)) = (
+            HeaderName::from_bytes(h.name.as_bytes()),
+            HeaderValue::from_bytes(h.value),
+        ) {
+            headers.append(k, v);
+        }
+    }
+    Some(StreamRequest {
+        query: path.split_once('?').map(|(_, q)| q.to_owned()),
+        headers,
+        header_count: req.headers.len(),
+    })
 }
 
 /// Reads until the end of the request head; false if the peer closed or the head is too big.

@@ -99,15 +99,25 @@ pub async fn serve(
     tracing::info!("shutdown complete");
 }
 
-async fn connection(
+/// One accepted connection. Its future lives as long as the connection, so it is kept
+/// small for streams (most connections, most of the time): reading the first request and
+/// the whole hyper path are boxed, and only a stream's own small state stays inline.
+async fn connection(stream: tokio::net::TcpStream, state: Arc<State>, stop: watch::Receiver<bool>) {
+    match Box::pin(lean::first_request(&state, stream)).await {
+        lean::First::Done => {}
+        lean::First::Stream(plan, stream, head) => plan.serve(stream, head).await,
+        lean::First::Hyper(stream, prefix) => {
+            Box::pin(hyper_connection(stream, prefix, state, stop)).await
+        }
+    }
+}
+
+async fn hyper_connection(
     stream: tokio::net::TcpStream,
+    prefix: bytes::Bytes,
     state: Arc<State>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let (stream, prefix) = match lean::first_request(&state, stream).await {
-        lean::First::Done => return,
-        lean::First::Hyper(stream, prefix) => (stream, prefix),
-    };
     let kill = Arc::new(Notify::new());
     let svc_kill = kill.clone();
     let svc = service_fn(move |req| {
