@@ -196,6 +196,12 @@ impl Hub {
         if !covered {
             return Attached::NeedStore;
         }
+        // The hand-over bypasses the queue's bound; keep it to half of it so live messages
+        // still fit. A client further behind keeps reading the store (with backpressure).
+        let backlog = g.ring.iter().filter(|m| m.seq > after.seq).count();
+        if backlog > (queue.cap() / 2).max(1) {
+            return Attached::NeedStore;
+        }
         for m in g.ring.iter().filter(|m| m.seq > after.seq) {
             if !queue.push_unbounded(Item::Reliable(m.clone(), idx)) {
                 return Attached::Closed;

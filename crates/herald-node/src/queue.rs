@@ -114,6 +114,11 @@ impl ConnQueue {
         }
     }
 
+    /// Items the queue holds before a reliable push counts as overflow.
+    pub fn cap(&self) -> usize {
+        self.cap
+    }
+
     pub fn socket(&self) -> Option<&TcpStream> {
         match &self.transport {
             Transport::Socket(s) => Some(s),
