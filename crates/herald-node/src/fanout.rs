@@ -39,6 +39,10 @@ pub(crate) async fn run(
                 Err(_) => break,
             }
         }
+        // Keeping up (one message in the batch): split the writes across both threads to reach
+        // the last subscriber sooner. Behind (several messages): one thread, so more messages
+        // pile up per connection and leave in one write, which is cheaper per delivery.
+        let parallel = batch.len() == 1;
         for fm in batch.drain(..) {
             let msg = Message::from_fabric(&fm);
             if let Delivered::Gap { after } = node.hub.deliver(&msg, &mut flush) {
@@ -46,6 +50,28 @@ pub(crate) async fn run(
                 node.hub.deliver(&msg, &mut flush);
             }
         }
+        flush_all(&mut flush, parallel).await;
+    }
+}
+
+/// Connections per write batch beyond which the writes are split across two threads.
+const PARALLEL_FLUSH: usize = 2048;
+
+/// Writes every touched connection once. Large fan-outs are split so both runtime threads
+/// make the syscalls (nearly all of a fan-out's time is inside `send()`).
+async fn flush_all(flush: &mut Vec<Arc<crate::queue::ConnQueue>>, parallel: bool) {
+    if parallel && flush.len() >= PARALLEL_FLUSH {
+        let other: Vec<_> = flush.split_off(flush.len() / 2);
+        let helper = tokio::spawn(async move {
+            for q in other {
+                q.flush();
+            }
+        });
+        for q in flush.drain(..) {
+            q.flush();
+        }
+        let _ = helper.await;
+    } else {
         for q in flush.drain(..) {
             q.flush();
         }
