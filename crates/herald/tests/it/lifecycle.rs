@@ -201,3 +201,68 @@ async fn secrets_never_reach_the_logs() -> anyhow::Result<()> {
     assert!(!logged.contains(SECRET), "JWT secret leaked into logs");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_subscribe_resumes_across_a_server_restart() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let opts = Opts::default()
+        .env("HERALD_RETRY_MS", "200")
+        .env("HERALD_RETRY_JITTER_MS", "100");
+    let mut server = Server::start(dir.path(), &opts)?;
+    let port = server.port;
+    let mut subscriber = herald()
+        .args([
+            "subscribe",
+            "--channel",
+            "live:cr",
+            "--count",
+            "4",
+            "--url",
+            &server.base,
+        ])
+        .env("HERALD_TOKEN", token("u1", &["live:*"]))
+        .stdout(Stdio::piped())
+        .spawn()?;
+    eventually(WAIT, "cli subscriber joined", || async {
+        server.metric("herald_subscriptions").await.unwrap_or(0.0) >= 1.0
+    })
+    .await?;
+    publish_n(&server.publisher(), "live:cr", 2).await?;
+    // Crash, restart on the same port, publish while the subscriber is away.
+    server.kill9();
+    let restarted = Server::start(
+        dir.path(),
+        &Opts {
+            listen: Some(format!("127.0.0.1:{port}")),
+            ..opts
+        },
+    )?;
+    publish_n(&restarted.publisher(), "live:cr", 2).await?;
+    let waited = tokio::task::spawn_blocking(move || -> anyhow::Result<std::process::Output> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if subscriber.try_wait()?.is_some() {
+                return Ok(subscriber.wait_with_output()?);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = subscriber.kill();
+                anyhow::bail!("subscriber did not receive 4 events");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .await??;
+    let seqs: Vec<u64> = String::from_utf8(waited.stdout)?
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .map(|v| v["data"]["seq"].as_u64().unwrap_or(0))
+        })
+        .collect::<Result<_, _>>()?;
+    assert_eq!(
+        seqs,
+        vec![1, 2, 3, 4],
+        "resumed after the restart with nothing lost or repeated"
+    );
+    Ok(())
+}
