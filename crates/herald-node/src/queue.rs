@@ -149,8 +149,11 @@ impl ConnQueue {
             return (Pushed::Dropped, false);
         }
         let idle = g.items.is_empty() && g.pending.is_none() && !g.writing;
-        if let (Some(sock), true, false) = (self.socket(), idle, defer) {
-            return (self.write_direct(g, sock, item), false);
+        if idle && !defer && self.socket().is_some() {
+            // Nothing queued or being written: the item goes to the socket right now.
+            g.items.push_back(item);
+            self.flush_locked(g);
+            return (Pushed::Queued, false);
         }
         if let Item::Ephemeral(m, idx) = &item {
             if let Some(key) = &m.conflation_key {
@@ -195,6 +198,10 @@ impl ConnQueue {
     pub fn flush(&self) {
         let mut g = self.inner.lock();
         g.flush_due = false;
+        self.flush_locked(g);
+    }
+
+    fn flush_locked(&self, mut g: parking_lot::MutexGuard<'_, Inner>) {
         let Some(sock) = self.socket() else { return };
         if g.closed.is_some() || g.writing || g.pending.is_some() || g.items.is_empty() {
             return;
@@ -265,68 +272,6 @@ impl ConnQueue {
         if let Some(w) = w {
             w.wake();
         }
-    }
-
-    /// Nothing is queued or being written: frame the item and hand it to the socket now.
-    fn write_direct(
-        &self,
-        mut g: parking_lot::MutexGuard<'_, Inner>,
-        sock: &TcpStream,
-        item: Item,
-    ) -> Pushed {
-        let delivered = matches!(item, Item::Reliable(..) | Item::Ephemeral(..));
-        let bytes = match frame_shared(&item, &mut g.positions) {
-            Some(Ok(Some(b))) => b,
-            Some(Ok(None)) => return Pushed::Queued,
-            Some(Err(())) => {
-                Counters::bump(&self.counters.gap_disconnects);
-                g.closed = Some(CloseReason::Gap);
-                drop(g);
-                self.wake_all();
-                return Pushed::Dropped;
-            }
-            None => {
-                let mut items = VecDeque::from([item]);
-                let mut out = Vec::new();
-                let f = frame_into(&mut items, &mut g.positions, &mut out);
-                if f.gap {
-                    Counters::bump(&self.counters.gap_disconnects);
-                    g.closed = Some(CloseReason::Gap);
-                    drop(g);
-                    self.wake_all();
-                    return Pushed::Dropped;
-                }
-                if out.is_empty() {
-                    return Pushed::Queued;
-                }
-                Bytes::from(out)
-            }
-        };
-        match sock.try_write(&bytes) {
-            Ok(n) if n == bytes.len() => {}
-            Ok(n) => g.pending = Some(bytes.slice(n..)),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => g.pending = Some(bytes),
-            Err(_) => {
-                g.closed = Some(CloseReason::ClientGone);
-            }
-        }
-        if g.pending.is_some() {
-            // The writer finishes it; from now on the peer's lag is measured.
-            g.last_drain = Instant::now();
-        }
-        let w = if g.pending.is_some() || g.closed.is_some() {
-            g.reader.take()
-        } else {
-            None
-        };
-        drop(g);
-        if delivered {
-            self.counters.deliveries.fetch_add(1, Relaxed);
-        }
-        if let Some(w) = w {
-            w.wake();
-        }
-        Pushed::Queued
     }
 
     /// Pushes regardless of the bound (replay of a bounded ring at attach time).
