@@ -55,9 +55,14 @@ FIGURES = {
     "channels": DELIVERY,
     "ingest-single": INGEST,
     "ingest-batch": INGEST,
+    "resume": [
+        ("seconds until all caught up", _get("resume_caught_up_s"), LOWER, lambda v: f"{v:.2f} s"),
+        ("lost", _get("lost"), LOWER, fmt_int),
+        ("deliveries per server CPU-s", _get("deliveries_per_server_cpu_s"), HIGHER, fmt_int),
+    ],
 }
 # Scenarios a server cannot run (no batch publish API in nchan).
-NOT_APPLICABLE = {("ingest-batch", "nchan")}
+NOT_APPLICABLE = {("ingest-batch", "nchan"), ("resume", "nchan")}
 
 
 def problems(row):

@@ -25,6 +25,9 @@ pub enum Scenario {
     Channels,
     /// Durable publishes as fast as they go (batch API unless --batch 1).
     Ingest,
+    /// Every client connects at once resuming `--backlog` messages behind: time until all
+    /// have caught up (Herald only: the cursor is Herald's).
+    Resume,
     /// Whatever the flags say.
     Custom,
 }
@@ -83,6 +86,9 @@ pub struct Args {
     /// Longest wait for deliveries after publishing stops.
     #[arg(long, default_value_t = 15.0)]
     pub drain_secs: f64,
+    /// Resume scenario: messages per channel the clients are behind.
+    #[arg(long, default_value_t = 1000)]
+    pub backlog: u64,
 }
 
 struct Resolved {
@@ -100,6 +106,7 @@ fn resolve(a: &Args) -> Resolved {
         Scenario::Fanout => (10_000, 1, 100.0, 10.0, 1, 1),
         Scenario::Channels => (10_000, 10_000, 2_000.0, 10.0, 32, 1),
         Scenario::Ingest => (0, 100, 0.0, 10.0, 4, 1000),
+        Scenario::Resume => (10_000, 100, 0.0, 0.0, 4, 1000),
         Scenario::Custom => (100, 10, 100.0, 5.0, 4, 1),
     };
     Resolved {
@@ -189,6 +196,27 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         report.server_rss_before = crate::procstat::rss_bytes(pid)?;
     }
 
+    // Resume storm: publish the backlog first, and point every client just before it.
+    let mut resume_from = Vec::new();
+    let mut published = vec![0u64; r.channels];
+    if args.scenario == Scenario::Resume {
+        anyhow::ensure!(
+            args.target == Kind::Herald,
+            "the resume scenario uses Herald cursors"
+        );
+        resume_from = publisher::backlog(&target, r.channels, args.backlog, args.payload).await?;
+        published = vec![args.backlog; r.channels];
+        report.published = args.backlog * r.channels as u64;
+    }
+    let storm_started = Instant::now();
+    let storm_cpu0 = server_cpu(args.server_pid);
+    let storm_target = if args.scenario == Scenario::Resume {
+        args.backlog * r.connections as u64
+    } else {
+        0
+    };
+    let mut storm_done: Option<Duration> = None;
+
     // Connections, held by worker processes.
     let mut workers = Vec::new();
     let per = args.per_worker.max(1);
@@ -203,6 +231,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             channels: r.channels,
             source_ips: args.source_ips,
             connect_concurrency: args.connect_concurrency,
+            resume_from: resume_from.clone(),
         };
         let mut child = tokio::process::Command::new(&exe)
             .arg("bench-worker")
@@ -233,6 +262,10 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             "connecting {ok}/{} ({failed} failed)",
             r.connections
         ));
+        let delivered: u64 = reps.iter().map(|w| w.deliveries).sum();
+        if storm_target > 0 && delivered >= storm_target && storm_done.is_none() {
+            storm_done = Some(storm_started.elapsed());
+        }
         if ok + failed >= r.connections as u64 {
             break;
         }
@@ -241,7 +274,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    if let Some(pid) = args.server_pid {
+    if let (Some(pid), false) = (args.server_pid, args.scenario == Scenario::Resume) {
         // Let the server settle (allocator, lazily created channel state) before reading RSS.
         let mut last = crate::procstat::rss_bytes(pid)?;
         for _ in 0..20 {
@@ -256,10 +289,15 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         report.server_rss_connected = last;
     }
 
-    let cpu0 = server_cpu(args.server_pid);
+    // A resume storm's server work happens while clients connect.
+    let cpu0 = if args.scenario == Scenario::Resume {
+        storm_cpu0
+    } else {
+        server_cpu(args.server_pid)
+    };
     let sent = Arc::new(AtomicU64::new(0));
-    let mut published = vec![0u64; r.channels];
     match args.scenario {
+        Scenario::Resume => {}
         Scenario::Ingest => {
             let job = publisher::ingest(
                 &target,
@@ -325,11 +363,17 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
                 "draining {delivered}/{}",
                 report.expected_deliveries
             ));
+            if storm_target > 0 && delivered >= storm_target && storm_done.is_none() {
+                storm_done = Some(storm_started.elapsed());
+            }
             if delivered >= report.expected_deliveries || Instant::now() > drain_deadline {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+    if let Some(d) = storm_done {
+        report.resume_caught_up_s = d.as_secs_f64();
     }
     report.server_cpu_s = server_cpu(args.server_pid) - cpu0;
 
@@ -362,7 +406,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     }
     report.latency_ms = Percentiles::ms(&latency);
     report.connect_ms = Percentiles::ms(&connect);
-    if report.connected > 0 && args.server_pid.is_some() {
+    if report.connected > 0 && report.server_rss_connected > 0 {
         report.server_rss_per_connection = (report.server_rss_connected as f64
             - report.server_rss_before as f64)
             / report.connected as f64;

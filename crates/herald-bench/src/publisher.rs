@@ -173,3 +173,50 @@ pub async fn ingest(
     out.elapsed = started.elapsed();
     out
 }
+
+/// Publishes `per_channel` messages (payload counters 1..=per_channel) to every channel with
+/// the batch API, and returns per channel the Herald cursor just before the first of them.
+pub async fn backlog(
+    target: &Target,
+    channels: usize,
+    per_channel: u64,
+    payload_bytes: usize,
+) -> anyhow::Result<Vec<String>> {
+    let http = client();
+    let pad = "x".repeat(payload_bytes.saturating_sub(40));
+    let mut cursors = Vec::with_capacity(channels);
+    for c in 0..channels {
+        let mut first: Option<(u64, u64)> = None;
+        let mut s = 0u64;
+        while s < per_channel {
+            let n = (per_channel - s).min(1000);
+            let items: Vec<(usize, String)> = (1..=n).map(|k| (c, payload(s + k, &pad))).collect();
+            let resp = target.publish_batch(&http, &items).send().await?;
+            anyhow::ensure!(
+                resp.status().is_success(),
+                "backlog publish: {}",
+                resp.status()
+            );
+            let body: herald_proto::PublishBatchResponse = resp.json().await?;
+            if first.is_none() {
+                let r = body
+                    .results
+                    .first()
+                    .ok_or_else(|| anyhow::anyhow!("empty batch answer"))?;
+                first = Some((r.epoch.unwrap_or(0), r.seq.unwrap_or(1)));
+            }
+            s += n;
+        }
+        let (epoch, seq) = first.unwrap_or((0, 1));
+        let mut cursor = herald_proto::Cursor::default();
+        cursor.set(
+            &crate::target::channel_name(c),
+            herald_proto::Position {
+                epoch,
+                seq: seq.saturating_sub(1),
+            },
+        );
+        cursors.push(cursor.encode());
+    }
+    Ok(cursors)
+}

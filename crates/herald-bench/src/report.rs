@@ -61,6 +61,8 @@ pub struct Report {
     pub publishes_per_server_cpu_s: f64,
     pub bench_cpu_s: f64,
     pub ingest_msgs_per_s: f64,
+    /// Resume storm: seconds from the first connect until every client had every message.
+    pub resume_caught_up_s: f64,
 }
 
 impl Report {
@@ -73,7 +75,7 @@ impl Report {
                 self.connect_ms.p50, self.connect_ms.p99, self.connect_ms.max
             );
         }
-        if self.server_pid.is_some() && self.connected > 0 {
+        if self.server_rss_connected > 0 && self.connected > 0 {
             println!(
                 "  server memory {:.1} MiB before, {:.1} MiB connected: {:.0} bytes per connection",
                 self.server_rss_before as f64 / 1048576.0,
@@ -81,7 +83,7 @@ impl Report {
                 self.server_rss_per_connection
             );
         }
-        if self.published > 0 {
+        if self.published > 0 && self.resume_caught_up_s == 0.0 {
             println!(
                 "  published     {} in {:.1} s ({:.0}/s, target {:.0}/s), {} errors; publish p50 {:.2} ms, p99 {:.2} ms",
                 self.published, self.duration_s, self.publish_rate, self.rate_target,
@@ -100,6 +102,14 @@ impl Report {
             println!(
                 "  latency       p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms (publish → receive)",
                 self.latency_ms.p50, self.latency_ms.p99, self.latency_ms.p999, self.latency_ms.max
+            );
+        }
+        if self.resume_caught_up_s > 0.0 {
+            println!(
+                "  resume storm  {} clients {} messages behind: all caught up after {:.2} s",
+                self.connected,
+                self.expected_deliveries / self.connected.max(1),
+                self.resume_caught_up_s
             );
         }
         if self.ingest_msgs_per_s > 0.0 {

@@ -25,8 +25,9 @@ pub fn channel_name(i: usize) -> String {
 }
 
 impl Target {
-    /// The raw HTTP/1.1 request that opens a stream of one channel.
-    pub fn subscribe_request(&self, channel: usize) -> String {
+    /// The raw HTTP/1.1 request that opens a stream of one channel, resuming after
+    /// `last_event_id` when given.
+    pub fn subscribe_request(&self, channel: usize, last_event_id: Option<&str>) -> String {
         let path = match self.kind {
             Kind::Herald => match &self.token {
                 Some(t) => format!("/v1/sse?channel={}&token={t}", channel_name(channel)),
@@ -34,8 +35,11 @@ impl Target {
             },
             Kind::Nchan => format!("/sub/{}", channel_name(channel)),
         };
+        let resume = last_event_id
+            .map(|id| format!("Last-Event-ID: {id}\r\n"))
+            .unwrap_or_default();
         format!(
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n{resume}\r\n",
             self.addr
         )
     }

@@ -25,6 +25,9 @@ pub struct WorkerSpec {
     /// Connections are spread over 127.0.0.2 … 127.0.0.(1+source_ips) as source addresses.
     pub source_ips: u8,
     pub connect_concurrency: usize,
+    /// Per channel: the `Last-Event-ID` to connect with (resume storm), if any.
+    #[serde(default)]
+    pub resume_from: Vec<String>,
 }
 
 /// What a worker reports.
@@ -222,7 +225,11 @@ async fn open(
     let mut stream = sock.connect(spec.target.addr).await?;
     stream.set_nodelay(true)?;
     stream
-        .write_all(spec.target.subscribe_request(channel).as_bytes())
+        .write_all(
+            spec.target
+                .subscribe_request(channel, spec.resume_from.get(channel).map(String::as_str))
+                .as_bytes(),
+        )
         .await?;
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 2048];

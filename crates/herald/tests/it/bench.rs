@@ -89,3 +89,30 @@ async fn bench_smoke_ingest_batches() -> anyhow::Result<()> {
     assert_eq!(stored, published);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_smoke_resume_storm_catches_everyone_up() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(dir.path(), &Opts::default().env("HERALD_RING_CAP", "8"))?;
+    let r = bench(
+        &server,
+        &[
+            "--scenario",
+            "resume",
+            "--connections",
+            "40",
+            "--channels",
+            "4",
+            "--backlog",
+            "300",
+        ],
+    )?;
+    assert_eq!(r["connected"], 40);
+    assert_eq!(r["expected_deliveries"], 40 * 300);
+    assert_eq!(r["deliveries"], r["expected_deliveries"]);
+    assert_eq!(r["lost"], 0);
+    assert_eq!(r["duplicates"], 0);
+    assert_eq!(r["out_of_order"], 0);
+    assert!(r["resume_caught_up_s"].as_f64().unwrap_or(0.0) > 0.0);
+    Ok(())
+}
