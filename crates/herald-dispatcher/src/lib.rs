@@ -78,6 +78,7 @@ pub struct Dispatcher {
     closed: AtomicBool,
     stop: watch::Sender<bool>,
     tasks: parking_lot::Mutex<Vec<JoinHandle<()>>>,
+    thread: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Dispatcher {
@@ -99,7 +100,35 @@ impl Dispatcher {
             config.idempotency_window,
             dirty_tx,
         );
-        let seq_task = tokio::spawn(sequencer.run(jobs_rx, stop_rx.clone()));
+        // An embedded store blocks for its fsync anyway: give the sequencer a thread of its
+        // own that calls it directly, instead of hopping to the blocking pool and back for
+        // every group commit. Other stores run it as a task.
+        let mut thread = None;
+        let seq_task = match store.blocking_access() {
+            Some(blocking) => {
+                let sequencer = sequencer.with_blocking(blocking);
+                let stop = stop_rx.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("herald-sequencer".into())
+                    .spawn(move || {
+                        match tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                        {
+                            Ok(rt) => rt.block_on(sequencer.run(jobs_rx, stop)),
+                            Err(e) => {
+                                tracing::error!(error = %e, "sequencer runtime failed to start")
+                            }
+                        }
+                    });
+                match spawned {
+                    Ok(handle) => thread = Some(handle),
+                    Err(e) => tracing::error!(error = %e, "sequencer thread failed to start"),
+                }
+                None
+            }
+            None => Some(tokio::spawn(sequencer.run(jobs_rx, stop_rx.clone()))),
+        };
         let sweeper = retention::Sweeper::new(
             store.clone(),
             config.policies.clone(),
@@ -115,7 +144,8 @@ impl Dispatcher {
             counters,
             closed: AtomicBool::new(false),
             stop,
-            tasks: parking_lot::Mutex::new(vec![seq_task, sweep_task]),
+            tasks: parking_lot::Mutex::new(seq_task.into_iter().chain([sweep_task]).collect()),
+            thread: parking_lot::Mutex::new(thread),
         })
     }
 
@@ -294,6 +324,15 @@ impl Dispatcher {
             }
             if tokio::time::Instant::now() >= deadline {
                 break;
+            }
+        }
+        let thread = self.thread.lock().take();
+        if let Some(t) = thread {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let joined =
+                tokio::time::timeout(left, tokio::task::spawn_blocking(move || t.join())).await;
+            if joined.is_err() {
+                tracing::warn!("sequencer thread did not stop in time");
             }
         }
         if let Err(e) = self.store.flush().await {

@@ -68,12 +68,15 @@ impl Sweeper {
     }
 
     async fn sweep(&self, channels: &[String]) {
-        let now = now_ms();
-        for c in channels {
-            let retention = self.policies.for_channel(c).retention;
-            match self.store.trim(c, retention, now).await {
-                Ok(out) => self.counters.add_trimmed(out.removed),
-                Err(e) => tracing::warn!(channel = %c, error = %e, "retention trim failed"),
+        // In slices, so one sweep of many channels never holds the store for long.
+        for slice in channels.chunks(1024) {
+            let work = slice
+                .iter()
+                .map(|c| (c.clone(), self.policies.for_channel(c).retention))
+                .collect();
+            match self.store.trim_many(work, now_ms()).await {
+                Ok(removed) => self.counters.add_trimmed(removed),
+                Err(e) => tracing::warn!(error = %e, "retention trim failed"),
             }
         }
     }

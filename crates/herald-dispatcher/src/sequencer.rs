@@ -6,7 +6,7 @@ use crate::stats::Counters;
 use crate::{now_ms, PublishError, PublishItem};
 use herald_fabric::{Fabric, FabricMessage};
 use herald_proto::PublishResult;
-use herald_store::{AppendBatch, AppendEntry, Store};
+use herald_store::{AppendBatch, AppendEntry, BlockingStore, ChannelMeta, Store, StoreError};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +25,8 @@ pub(crate) struct Job {
 
 pub(crate) struct Sequencer {
     store: Arc<dyn Store>,
+    /// Set when the sequencer runs on a thread of its own: store calls block it directly.
+    blocking: Option<Arc<dyn BlockingStore>>,
     fabric: Arc<dyn Fabric>,
     counters: Arc<Counters>,
     max_group: usize,
@@ -45,12 +47,45 @@ impl Sequencer {
     ) -> Self {
         Self {
             store,
+            blocking: None,
             fabric,
             counters,
             max_group: max_group.max(1),
             idempotency_window,
             heads: HashMap::new(),
             dirty,
+        }
+    }
+
+    /// Makes store calls synchronous (for a sequencer on a dedicated thread).
+    pub fn with_blocking(mut self, blocking: Arc<dyn BlockingStore>) -> Self {
+        self.blocking = Some(blocking);
+        self
+    }
+
+    async fn channel_meta(&self, channel: &str) -> Result<Option<ChannelMeta>, StoreError> {
+        match &self.blocking {
+            Some(b) => b.channel_meta(channel),
+            None => self.store.channel_meta(channel).await,
+        }
+    }
+
+    async fn idempotency_get(
+        &self,
+        channel: &str,
+        key: &str,
+        now: u64,
+    ) -> Result<Option<herald_store::IdempotencyRecord>, StoreError> {
+        match &self.blocking {
+            Some(b) => b.idempotency_get(channel, key, now),
+            None => self.store.idempotency_get(channel, key, now).await,
+        }
+    }
+
+    async fn append(&self, batch: AppendBatch) -> Result<(), StoreError> {
+        match &self.blocking {
+            Some(b) => b.append(&batch),
+            None => self.store.append(batch).await,
         }
     }
 
@@ -91,7 +126,6 @@ impl Sequencer {
             return Ok(*h);
         }
         let meta = self
-            .store
             .channel_meta(channel)
             .await
             .map_err(|e| PublishError::unavailable("store_unavailable", e.to_string()))?;
@@ -137,7 +171,6 @@ impl Sequencer {
                     let earlier = match seen_keys.get(&(item.channel.as_str(), key)) {
                         Some(pos) => Some(*pos),
                         None => self
-                            .store
                             .idempotency_get(&item.channel, key, now)
                             .await
                             .map_err(|e| {
@@ -212,7 +245,7 @@ impl Sequencer {
             .collect();
         let mut touched: Vec<String> = batch.entries.iter().map(|e| e.channel.clone()).collect();
         touched.dedup();
-        if let Err(e) = self.store.append(batch).await {
+        if let Err(e) = self.append(batch).await {
             tracing::error!(error = %e, "durable write failed; publishes refused");
             self.counters.add_commit_failure();
             // The positions handed out above were never written: forget them so the next

@@ -14,6 +14,7 @@ pub async fn run_all<S: Store + ?Sized>(store: &S) -> Result<(), StoreError> {
     idempotency_records(store).await?;
     trim_by_count(store).await?;
     trim_by_age(store).await?;
+    trim_many_channels(store).await?;
     lists_channels(store).await?;
     Ok(())
 }
@@ -165,6 +166,29 @@ pub async fn trim_by_age<S: Store + ?Sized>(store: &S) -> Result<(), StoreError>
     let meta = store.channel_meta("conf:trima").await?.expect("meta");
     assert_eq!((meta.first_seq, meta.last_seq), (6, 5));
     assert!(store.read_range("conf:trima", 0, 10).await?.is_empty());
+    Ok(())
+}
+
+pub async fn trim_many_channels<S: Store + ?Sized>(store: &S) -> Result<(), StoreError> {
+    append_seqs(store, "conf:many1", 1..=5, 1_000).await?;
+    append_seqs(store, "conf:many2", 1..=3, 1_000).await?;
+    let keep = |n| Retention {
+        max_count: n,
+        max_age: Duration::from_secs(3600),
+    };
+    let removed = store
+        .trim_many(
+            vec![
+                ("conf:many1".into(), keep(2)),
+                ("conf:many2".into(), keep(10)),
+            ],
+            2_000,
+        )
+        .await?;
+    assert_eq!(removed, 3);
+    let m1 = store.channel_meta("conf:many1").await?.expect("meta");
+    let m2 = store.channel_meta("conf:many2").await?.expect("meta");
+    assert_eq!((m1.first_seq, m2.first_seq), (4, 1));
     Ok(())
 }
 

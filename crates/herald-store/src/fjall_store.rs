@@ -3,8 +3,8 @@
 
 use crate::codec;
 use crate::{
-    AppendBatch, ChannelMeta, IdempotencyRecord, Retention, Store, StoreError, StoredMessage,
-    TrimOutcome,
+    AppendBatch, BlockingStore, ChannelMeta, IdempotencyRecord, Retention, Store, StoreError,
+    StoredMessage, TrimOutcome,
 };
 use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
@@ -129,7 +129,19 @@ impl Inner {
         Ok(out)
     }
 
-    fn append(&self, batch: AppendBatch) -> Result<(), StoreError> {
+    fn idempotency(&self, k: &[u8], now_ms: u64) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let Some(raw) = self.idempotency.get(k)? else {
+            return Ok(None);
+        };
+        let [epoch, seq, expires_at_ms] = codec::decode_u64s::<3>("idempotency", &raw)?;
+        Ok((expires_at_ms > now_ms).then_some(IdempotencyRecord {
+            epoch,
+            seq,
+            expires_at_ms,
+        }))
+    }
+
+    fn append(&self, batch: &AppendBatch) -> Result<(), StoreError> {
         if batch.entries.is_empty() {
             return Ok(());
         }
@@ -183,12 +195,18 @@ impl Inner {
         let mut new_first = meta.first_seq.max(by_count);
         let age_ms = u64::try_from(retention.max_age.as_millis()).unwrap_or(u64::MAX);
         let cutoff = now_ms.saturating_sub(age_ms);
-        // Age: walk forward from the first kept message while it is too old.
-        for msg in self.read_range(channel, new_first.saturating_sub(1), usize::MAX)? {
-            if msg.ts_ms >= cutoff {
+        // Age: walk forward from the first kept message while it is too old (usually it is
+        // not, and this reads one message).
+        let prefix_len = codec::channel_prefix(channel)?.len();
+        let from = codec::message_key(channel, new_first)?;
+        let to = codec::message_key(channel, u64::MAX)?;
+        for guard in self.messages.range(from..=to) {
+            let (key, value) = guard.into_inner()?;
+            let (_, ts_ms, _, _) = codec::decode_message(&value)?;
+            if ts_ms >= cutoff {
                 break;
             }
-            new_first = msg.seq + 1;
+            new_first = codec::seq_of_key(&key, prefix_len)? + 1;
         }
         if new_first <= meta.first_seq {
             return Ok(TrimOutcome {
@@ -218,6 +236,25 @@ impl Inner {
     }
 }
 
+impl BlockingStore for Inner {
+    fn channel_meta(&self, channel: &str) -> Result<Option<ChannelMeta>, StoreError> {
+        self.meta(channel)
+    }
+
+    fn append(&self, batch: &AppendBatch) -> Result<(), StoreError> {
+        Inner::append(self, batch)
+    }
+
+    fn idempotency_get(
+        &self,
+        channel: &str,
+        key: &str,
+        now_ms: u64,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        self.idempotency(&codec::idempotency_key(channel, key)?, now_ms)
+    }
+}
+
 #[async_trait]
 impl Store for FjallStore {
     async fn channel_meta(&self, channel: &str) -> Result<Option<ChannelMeta>, StoreError> {
@@ -226,7 +263,7 @@ impl Store for FjallStore {
     }
 
     async fn append(&self, batch: AppendBatch) -> Result<(), StoreError> {
-        self.blocking(move |s| s.append(batch)).await
+        self.blocking(move |s| s.append(&batch)).await
     }
 
     async fn read_range(
@@ -247,18 +284,7 @@ impl Store for FjallStore {
         now_ms: u64,
     ) -> Result<Option<IdempotencyRecord>, StoreError> {
         let k = codec::idempotency_key(channel, key)?;
-        self.blocking(move |s| {
-            let Some(raw) = s.idempotency.get(&k)? else {
-                return Ok(None);
-            };
-            let [epoch, seq, expires_at_ms] = codec::decode_u64s::<3>("idempotency", &raw)?;
-            Ok((expires_at_ms > now_ms).then_some(IdempotencyRecord {
-                epoch,
-                seq,
-                expires_at_ms,
-            }))
-        })
-        .await
+        self.blocking(move |s| s.idempotency(&k, now_ms)).await
     }
 
     async fn trim(
@@ -270,6 +296,21 @@ impl Store for FjallStore {
         let channel = channel.to_owned();
         self.blocking(move |s| s.trim(&channel, retention, now_ms))
             .await
+    }
+
+    async fn trim_many(
+        &self,
+        channels: Vec<(String, Retention)>,
+        now_ms: u64,
+    ) -> Result<u64, StoreError> {
+        self.blocking(move |s| {
+            let mut removed = 0;
+            for (c, r) in &channels {
+                removed += s.trim(c, *r, now_ms)?.removed;
+            }
+            Ok(removed)
+        })
+        .await
     }
 
     async fn list_channels(&self) -> Result<Vec<String>, StoreError> {
@@ -304,6 +345,10 @@ impl Store for FjallStore {
             Ok(removed)
         })
         .await
+    }
+
+    fn blocking_access(&self) -> Option<Arc<dyn BlockingStore>> {
+        Some(self.inner.clone())
     }
 
     async fn flush(&self) -> Result<(), StoreError> {

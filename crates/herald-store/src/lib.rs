@@ -15,6 +15,19 @@ pub use types::{
 
 use async_trait::async_trait;
 
+/// The write-path operations of [`Store`], synchronous: they block the calling thread.
+pub trait BlockingStore: Send + Sync {
+    fn channel_meta(&self, channel: &str) -> Result<Option<ChannelMeta>, StoreError>;
+    /// Durable on return, as [`Store::append`].
+    fn append(&self, batch: &AppendBatch) -> Result<(), StoreError>;
+    fn idempotency_get(
+        &self,
+        channel: &str,
+        key: &str,
+        now_ms: u64,
+    ) -> Result<Option<IdempotencyRecord>, StoreError>;
+}
+
 /// A durable, per-channel, seq-ordered message log plus the small tables Herald needs.
 ///
 /// Sequencing is the caller's job (the dispatcher assigns `(epoch, seq)`); the store only
@@ -53,11 +66,32 @@ pub trait Store: Send + Sync + 'static {
         now_ms: u64,
     ) -> Result<TrimOutcome, StoreError>;
 
+    /// Applies retention to many channels; returns the messages removed in all. Backends
+    /// override this to do the whole sweep in one go.
+    async fn trim_many(
+        &self,
+        channels: Vec<(String, Retention)>,
+        now_ms: u64,
+    ) -> Result<u64, StoreError> {
+        let mut removed = 0;
+        for (c, r) in channels {
+            removed += self.trim(&c, r, now_ms).await?.removed;
+        }
+        Ok(removed)
+    }
+
     /// Every channel that has ever been written (for retention sweeps).
     async fn list_channels(&self) -> Result<Vec<String>, StoreError>;
 
     /// Removes idempotency records that expired before `now_ms`; returns how many.
     async fn expire_idempotency(&self, now_ms: u64) -> Result<u64, StoreError>;
+
+    /// The same operations, synchronous, for a store that does its work on the calling
+    /// thread anyway (embedded). A sequencer with a thread of its own uses it and saves a
+    /// thread hop per group commit. `None`: use the async methods.
+    fn blocking_access(&self) -> Option<std::sync::Arc<dyn BlockingStore>> {
+        None
+    }
 
     /// Makes everything written so far durable (used at shutdown).
     async fn flush(&self) -> Result<(), StoreError>;
