@@ -254,3 +254,83 @@ impl Hub {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::Positions;
+    use crate::queue::Transport;
+    use bytes::Bytes;
+    use herald_fabric::FabricMessage;
+    use tokio::sync::Notify;
+
+    fn hub(ring: usize) -> Hub {
+        let (fabric, _rx) = herald_fabric::in_process(16);
+        Hub::new(ring, Arc::new(fabric), Arc::default())
+    }
+
+    fn msg(seq: u64) -> Arc<Message> {
+        Message::from_fabric(&FabricMessage {
+            channel: Arc::from("live:h"),
+            epoch: 7,
+            seq,
+            ts_ms: 1,
+            event: Arc::from("message"),
+            data: Bytes::from_static(b"{}"),
+            conflation_key: None,
+        })
+    }
+
+    fn queue(cap: usize) -> Arc<ConnQueue> {
+        Arc::new(ConnQueue::new(
+            cap,
+            Transport::Hyper(Arc::new(Notify::new())),
+            Positions::new(vec![herald_proto::channel_hash("live:h")]),
+            Arc::default(),
+        ))
+    }
+
+    fn at(seq: u64) -> Position {
+        Position { epoch: 7, seq }
+    }
+
+    #[test]
+    fn deliver_drops_duplicates_and_reports_gaps() {
+        let h = hub(8);
+        let slot = h.slot("live:h");
+        let mut flush = Vec::new();
+        assert!(matches!(h.deliver(&msg(1), &mut flush), Delivered::Done));
+        assert!(matches!(h.deliver(&msg(1), &mut flush), Delivered::Done));
+        assert!(matches!(
+            h.deliver(&msg(3), &mut flush),
+            Delivered::Gap { after: 1 }
+        ));
+        assert_eq!(h.head(&slot), Some(at(1)));
+    }
+
+    #[test]
+    fn attach_hands_over_the_ring_or_asks_for_the_store() {
+        let h = hub(4);
+        let slot = h.slot("live:h");
+        let mut flush = Vec::new();
+        for s in 1..=6 {
+            h.deliver(&msg(s), &mut flush);
+        }
+        // Ring holds 3..=6: a position at 1 is not covered.
+        assert!(matches!(
+            h.attach(&slot, &queue(64), 0, at(1)),
+            Attached::NeedStore
+        ));
+        assert!(!h.ring_covers(&slot, at(1)));
+        // At 4: messages 5 and 6 are handed over, then live.
+        let q = queue(64);
+        assert!(h.ring_covers(&slot, at(4)));
+        assert!(matches!(h.attach(&slot, &q, 0, at(4)), Attached::Live));
+        assert_eq!(q.len(), 2);
+        // A hand-over larger than half the queue bound waits for the store instead.
+        assert!(matches!(
+            h.attach(&slot, &queue(4), 0, at(2)),
+            Attached::NeedStore
+        ));
+    }
+}
