@@ -151,6 +151,7 @@ impl ConnQueue {
         let idle = g.items.is_empty() && g.pending.is_none() && !g.writing;
         if idle && !defer && self.socket().is_some() {
             // Nothing queued or being written: the item goes to the socket right now.
+            start_waiting(&mut g);
             g.items.push_back(item);
             self.flush_locked(g);
             return (Pushed::Queued, false);
@@ -179,6 +180,7 @@ impl ConnQueue {
                 Item::Ephemeral(..) | Item::Raw(_) => (Pushed::Dropped, false),
             };
         }
+        start_waiting(&mut g);
         g.items.push_back(item);
         if defer && self.socket().is_some() && (idle || g.flush_due) {
             let first = !g.flush_due;
@@ -280,6 +282,7 @@ impl ConnQueue {
         if g.closed.is_some() {
             return false;
         }
+        start_waiting(&mut g);
         g.items.push_back(item);
         let w = g.reader.take();
         drop(g);
@@ -302,6 +305,7 @@ impl ConnQueue {
                 return Poll::Pending;
             }
             if let Some(it) = item.take() {
+                start_waiting(&mut g);
                 g.items.push_back(it);
             }
             let w = g.reader.take();
@@ -450,6 +454,14 @@ impl ConnQueue {
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.inner.lock().items.len()
+    }
+}
+
+/// Data is about to wait in a drained queue: the stall clock starts now, not at the last time
+/// the writer happened to run (direct writes from the fan-out never involve the writer).
+fn start_waiting(g: &mut Inner) {
+    if g.items.is_empty() && g.pending.is_none() && !g.writing {
+        g.last_drain = Instant::now();
     }
 }
 
