@@ -11,6 +11,10 @@ pub enum StoreError {
     Task(String),
     #[error("invalid store input: {0}")]
     Invalid(String),
+    /// A conditional write lost: another writer already holds this position. The sequencer
+    /// re-reads the channel head and retries.
+    #[error("write conflict: {0}")]
+    Conflict(String),
 }
 
 impl From<fjall::Error> for StoreError {

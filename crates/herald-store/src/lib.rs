@@ -5,10 +5,14 @@ mod codec;
 pub mod conformance;
 mod error;
 mod fjall_store;
+#[cfg(feature = "scylla")]
+mod scylla_store;
 mod types;
 
 pub use error::StoreError;
 pub use fjall_store::{FjallOptions, FjallStore};
+#[cfg(feature = "scylla")]
+pub use scylla_store::{ScyllaOptions, ScyllaStore};
 pub use types::{
     AppendBatch, AppendEntry, ChannelMeta, IdempotencyRecord, Retention, StoredMessage, TrimOutcome,
 };
