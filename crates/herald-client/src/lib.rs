@@ -241,18 +241,15 @@ impl Subscription {
     }
 }
 
+/// Query and path escaping: everything but unreserved characters.
+const ESCAPED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
 fn encode(s: &str) -> String {
-    // Channel names are [A-Za-z0-9_-.:@=+]; only '+' and '=' and ':' and '@' need care in a
-    // query; escape everything outside unreserved characters.
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(s, ESCAPED).to_string()
 }
 
 async fn ok_or_error(resp: reqwest::Response) -> Result<reqwest::Response, ClientError> {

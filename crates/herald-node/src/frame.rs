@@ -99,30 +99,67 @@ pub(crate) struct Framed {
     pub gap: bool,
 }
 
+/// What a single item framed without copying came to.
+enum Shared {
+    Write(Bytes),
+    Skip,
+    Gap,
+}
+
 /// A single item framed without copying, when possible: a reliable event of a one-channel
 /// stream is the message's shared `single` bytes.
-pub(crate) fn frame_shared(
-    item: &Item,
-    positions: &mut Positions,
-) -> Option<Result<Option<Bytes>, ()>> {
+fn frame_shared(item: &Item, positions: &mut Positions) -> Option<Shared> {
     match item {
         Item::Reliable(m, idx) if positions.single() => Some(match positions.accept(m, *idx) {
-            Accept::Write => Ok(Some(m.single.clone())),
-            Accept::Skip => Ok(None),
-            Accept::Gap => Err(()),
+            Accept::Write => Shared::Write(m.single.clone()),
+            Accept::Skip => Shared::Skip,
+            Accept::Gap => Shared::Gap,
         }),
-        Item::Ephemeral(m, _) => Some(Ok(Some(m.body.clone()))),
-        Item::Raw(b) => Some(Ok(Some(b.clone()))),
+        Item::Ephemeral(m, _) => Some(Shared::Write(m.body.clone())),
+        Item::Raw(b) => Some(Shared::Write(b.clone())),
         _ => None,
     }
 }
 
+/// Frames the front of the queue for one write: a lone item as its shared bytes when it can
+/// (no copy), otherwise everything up to [`MAX_CHUNK`] into one buffer. Empty bytes when
+/// nothing was written (duplicates only, or a gap).
+pub(crate) fn frame_next(items: &mut VecDeque<Item>, positions: &mut Positions) -> (Bytes, Framed) {
+    if items.len() == 1 {
+        if let Some(shared) = items.front().and_then(|it| frame_shared(it, positions)) {
+            let counted = matches!(
+                items.pop_front(),
+                Some(Item::Reliable(..) | Item::Ephemeral(..))
+            );
+            return match shared {
+                Shared::Write(b) => (
+                    b,
+                    Framed {
+                        delivered: u64::from(counted),
+                        gap: false,
+                    },
+                ),
+                Shared::Skip => (Bytes::new(), Framed::default()),
+                Shared::Gap => {
+                    items.clear();
+                    (
+                        Bytes::new(),
+                        Framed {
+                            delivered: 0,
+                            gap: true,
+                        },
+                    )
+                }
+            };
+        }
+    }
+    let mut out = Vec::new();
+    let framed = frame_into(items, positions, &mut out);
+    (Bytes::from(out), framed)
+}
+
 /// Frames items from the front of `items` into `out` until `out` reaches [`MAX_CHUNK`].
-pub(crate) fn frame_into(
-    items: &mut VecDeque<Item>,
-    positions: &mut Positions,
-    out: &mut Vec<u8>,
-) -> Framed {
+fn frame_into(items: &mut VecDeque<Item>, positions: &mut Positions, out: &mut Vec<u8>) -> Framed {
     let mut f = Framed::default();
     while let Some(item) = items.pop_front() {
         match item {

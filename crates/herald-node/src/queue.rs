@@ -3,7 +3,7 @@
 //! push writes straight to the socket (one syscall, no task wake-up). Otherwise the
 //! connection's writer takes everything queued as one chunk.
 
-use crate::frame::{frame_into, frame_shared, Positions};
+use crate::frame::{frame_next, Positions};
 use crate::message::Message;
 use crate::stats::Counters;
 use bytes::Bytes;
@@ -150,8 +150,8 @@ impl ConnQueue {
         }
         let idle = g.items.is_empty() && g.pending.is_none() && !g.writing;
         if idle && !defer && self.socket().is_some() {
-            // Nothing queued or being written: the item goes to the socket right now.
-            start_waiting(&mut g);
+            // Nothing queued or being written: the item goes to the socket right now (under
+            // this lock, so nothing waits and the stall clock need not start).
             g.items.push_back(item);
             self.flush_locked(g);
             return (Pushed::Queued, false);
@@ -180,9 +180,12 @@ impl ConnQueue {
                 Item::Ephemeral(..) | Item::Raw(_) => (Pushed::Dropped, false),
             };
         }
-        start_waiting(&mut g);
+        let flush_later = defer && self.socket().is_some() && (idle || g.flush_due);
+        if !flush_later {
+            start_waiting(&mut g);
+        }
         g.items.push_back(item);
-        if defer && self.socket().is_some() && (idle || g.flush_due) {
+        if flush_later {
             let first = !g.flush_due;
             g.flush_due = true;
             return (Pushed::Queued, first);
@@ -208,55 +211,12 @@ impl ConnQueue {
         if g.closed.is_some() || g.writing || g.pending.is_some() || g.items.is_empty() {
             return;
         }
-        let inner = &mut *g;
-        let mut out = Vec::new();
-        let bytes = if inner.items.len() == 1 {
-            match inner
-                .items
-                .front()
-                .and_then(|it| frame_shared(it, &mut inner.positions))
-            {
-                Some(res) => {
-                    let item = inner.items.pop_front();
-                    if matches!(item, Some(Item::Reliable(..) | Item::Ephemeral(..))) {
-                        if let Ok(Some(_)) = &res {
-                            self.counters.deliveries.fetch_add(1, Relaxed);
-                        }
-                    }
-                    match res {
-                        Ok(Some(b)) => b,
-                        Ok(None) => return,
-                        Err(()) => {
-                            Counters::bump(&self.counters.gap_disconnects);
-                            g.closed = Some(CloseReason::Gap);
-                            drop(g);
-                            self.wake_all();
-                            return;
-                        }
-                    }
-                }
-                None => Bytes::new(),
-            }
-        } else {
-            Bytes::new()
-        };
-        let bytes = if bytes.is_empty() {
-            let f = frame_into(&mut inner.items, &mut inner.positions, &mut out);
-            self.counters.deliveries.fetch_add(f.delivered, Relaxed);
-            if f.gap {
-                Counters::bump(&self.counters.gap_disconnects);
-                g.closed = Some(CloseReason::Gap);
-                g.items.clear();
+        let Some(bytes) = self.take_framed(&mut g) else {
+            if g.closed.is_some() {
                 drop(g);
                 self.wake_all();
-                return;
             }
-            if out.is_empty() {
-                return;
-            }
-            Bytes::from(out)
-        } else {
-            bytes
+            return;
         };
         match sock.try_write(&bytes) {
             Ok(n) if n == bytes.len() => {}
@@ -274,6 +234,22 @@ impl ConnQueue {
         if let Some(w) = w {
             w.wake();
         }
+    }
+
+    /// Frames the next write out of the queue and counts its deliveries; `None` when it
+    /// wrote nothing (duplicates only) or found a gap, which closes the stream.
+    fn take_framed(&self, g: &mut Inner) -> Option<Bytes> {
+        let (bytes, framed) = frame_next(&mut g.items, &mut g.positions);
+        if framed.delivered > 0 {
+            self.counters
+                .deliveries
+                .fetch_add(framed.delivered, Relaxed);
+        }
+        if framed.gap {
+            Counters::bump(&self.counters.gap_disconnects);
+            g.closed = Some(CloseReason::Gap);
+        }
+        (!bytes.is_empty()).then_some(bytes)
     }
 
     /// Pushes regardless of the bound (replay of a bounded ring at attach time).
@@ -340,66 +316,12 @@ impl ConnQueue {
                 g.reader = Some(cx.waker().clone());
                 return Poll::Pending;
             }
-            if g.closed == Some(CloseReason::Gap) {
-                g.items.clear();
-                continue;
-            }
             g.last_drain = Instant::now();
-            let single = g.items.len() == 1;
-            let inner = &mut *g;
-            let shared = if single {
-                inner
-                    .items
-                    .front()
-                    .and_then(|it| frame_shared(it, &mut inner.positions))
-            } else {
-                None
-            };
-            let (bytes, framed) = match shared {
-                Some(res) => {
-                    let item = inner.items.pop_front();
-                    let counted = !matches!(item, Some(Item::Raw(_)));
-                    match res {
-                        Ok(Some(b)) => (
-                            b,
-                            crate::frame::Framed {
-                                delivered: u64::from(counted),
-                                gap: false,
-                            },
-                        ),
-                        Ok(None) => (Bytes::new(), Default::default()),
-                        Err(()) => (
-                            Bytes::new(),
-                            crate::frame::Framed {
-                                delivered: 0,
-                                gap: true,
-                            },
-                        ),
-                    }
-                }
-                None => {
-                    let mut out = Vec::new();
-                    let f = frame_into(&mut inner.items, &mut inner.positions, &mut out);
-                    (Bytes::from(out), f)
-                }
-            };
-            if framed.gap {
-                Counters::bump(&self.counters.gap_disconnects);
-                g.closed = Some(CloseReason::Gap);
-                g.items.clear();
-            }
-            let w = g.writer.take();
-            if let Some(w) = w {
+            let framed = self.take_framed(&mut g);
+            if let Some(w) = g.writer.take() {
                 w.wake();
             }
-            if framed.delivered > 0 {
-                self.counters
-                    .deliveries
-                    .fetch_add(framed.delivered, Relaxed);
-            }
-            if bytes.is_empty() {
-                continue;
-            }
+            let Some(bytes) = framed else { continue };
             g.writing = true;
             return Poll::Ready(Chunk::Bytes(bytes));
         }
@@ -443,7 +365,9 @@ impl ConnQueue {
     /// True when bytes have waited longer than `limit` without the writer taking any.
     pub fn stalled(&self, limit: std::time::Duration) -> bool {
         let g = self.inner.lock();
-        (!g.items.is_empty() || g.pending.is_some() || g.writing) && g.last_drain.elapsed() > limit
+        // Items the fan-out loop is about to write are not waiting on the peer.
+        let waiting = (!g.items.is_empty() && !g.flush_due) || g.pending.is_some() || g.writing;
+        waiting && g.last_drain.elapsed() > limit
     }
 
     /// Marks the writer's progress (a slow but moving peer is not stalled).
