@@ -76,6 +76,7 @@ pub struct Dispatcher {
     config: DispatcherConfig,
     counters: Arc<Counters>,
     closed: AtomicBool,
+    forget_heads: Arc<AtomicBool>,
     stop: watch::Sender<bool>,
     tasks: parking_lot::Mutex<Vec<JoinHandle<()>>>,
     thread: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -92,13 +93,14 @@ impl Dispatcher {
         let (stop, stop_rx) = watch::channel(false);
         let counters = Arc::new(Counters::default());
         let (dirty_tx, dirty_rx) = mpsc::channel(65_536);
+        let forget_heads = Arc::new(AtomicBool::new(false));
         let sequencer = Sequencer::new(
             store.clone(),
             fabric.clone(),
             counters.clone(),
-            config.max_group,
-            config.idempotency_window,
+            &config,
             dirty_tx,
+            forget_heads.clone(),
         );
         // An embedded store blocks for its fsync anyway: give the sequencer a thread of its
         // own that calls it directly, instead of hopping to the blocking pool and back for
@@ -143,6 +145,7 @@ impl Dispatcher {
             config,
             counters,
             closed: AtomicBool::new(false),
+            forget_heads,
             stop,
             tasks: parking_lot::Mutex::new(seq_task.into_iter().chain([sweep_task]).collect()),
             thread: parking_lot::Mutex::new(thread),
@@ -303,6 +306,12 @@ impl Dispatcher {
                 r.ok_or_else(|| PublishError::unavailable("internal", "a publish result was lost"))
             })
             .collect()
+    }
+
+    /// Channel ownership may have moved (a dispatcher joined or left): the next group
+    /// re-reads each channel's head from the store instead of trusting its cache.
+    pub fn forget_heads(&self) {
+        self.forget_heads.store(true, Ordering::Release);
     }
 
     pub fn stats(&self) -> DispatcherStats {

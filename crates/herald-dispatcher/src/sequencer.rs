@@ -3,17 +3,20 @@
 //! the messages to the fabric in seq order.
 
 use crate::stats::Counters;
-use crate::{now_ms, PublishError, PublishItem};
+use crate::{now_ms, DispatcherConfig, Policies, PublishError, PublishItem};
 use herald_fabric::{Fabric, FabricMessage};
 use herald_proto::PublishResult;
 use herald_store::{AppendBatch, AppendEntry, BlockingStore, ChannelMeta, Store, StoreError};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Channels whose head is cached; past this the cache starts over (heads are re-read).
 const MAX_CACHED_HEADS: usize = 200_000;
+/// Times a group's entries are sequenced again after losing conditional writes.
+const MAX_ATTEMPTS: usize = 5;
 
 pub(crate) type JobResult = Result<Vec<(usize, PublishResult)>, PublishError>;
 
@@ -34,6 +37,9 @@ pub(crate) struct Sequencer {
     /// channel → (epoch, last seq)
     heads: HashMap<String, (u64, u64)>,
     dirty: mpsc::Sender<String>,
+    policies: Policies,
+    /// Set when channel ownership may have moved: cached heads are re-read from the store.
+    forget_heads: Arc<AtomicBool>,
 }
 
 impl Sequencer {
@@ -41,19 +47,21 @@ impl Sequencer {
         store: Arc<dyn Store>,
         fabric: Arc<dyn Fabric>,
         counters: Arc<Counters>,
-        max_group: usize,
-        idempotency_window: Duration,
+        config: &DispatcherConfig,
         dirty: mpsc::Sender<String>,
+        forget_heads: Arc<AtomicBool>,
     ) -> Self {
         Self {
             store,
             blocking: None,
             fabric,
             counters,
-            max_group: max_group.max(1),
-            idempotency_window,
+            max_group: config.max_group.max(1),
+            idempotency_window: config.idempotency_window,
             heads: HashMap::new(),
             dirty,
+            policies: config.policies.clone(),
+            forget_heads,
         }
     }
 
@@ -142,98 +150,178 @@ impl Sequencer {
         Ok(head)
     }
 
+    /// Sequences and writes a group. Entries that lose a conditional write (another
+    /// dispatcher wrote those positions: ownership moved) are sequenced again from the
+    /// store's head and retried; everything written is answered and handed to the fabric.
     async fn commit_group(&mut self, group: Vec<Job>) {
-        match self.sequence(&group).await {
-            Ok((batch, results)) => self.write(group, batch, results).await,
-            Err(e) => {
-                for job in group {
-                    let _ = job.reply.send(Err(e.clone()));
+        if self.forget_heads.swap(false, Ordering::AcqRel) {
+            self.heads.clear();
+        }
+        let mut results: Vec<Vec<Option<PublishResult>>> =
+            group.iter().map(|j| vec![None; j.items.len()]).collect();
+        let mut pending: Vec<(usize, usize)> = group
+            .iter()
+            .enumerate()
+            .flat_map(|(j, job)| (0..job.items.len()).map(move |i| (j, i)))
+            .collect();
+        let mut failure = None;
+        for _ in 0..MAX_ATTEMPTS {
+            if pending.is_empty() {
+                break;
+            }
+            let (batch, owners) = match self.sequence(&group, &pending, &mut results).await {
+                Ok(x) => x,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            };
+            pending.clear();
+            if batch.entries.is_empty() {
+                break;
+            }
+            match self.write(batch, &owners, &mut results).await {
+                Ok(lost) => pending = lost,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
                 }
             }
         }
+        let failure = failure.unwrap_or_else(|| {
+            PublishError::unavailable(
+                "write_conflict",
+                "another dispatcher kept writing this channel; retry",
+            )
+        });
+        for (job, out) in group.into_iter().zip(results) {
+            let answer = out
+                .into_iter()
+                .zip(&job.items)
+                .map(|(r, (i, _))| r.map(|r| (*i, r)))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| failure.clone());
+            let _ = job.reply.send(answer);
+        }
     }
 
-    /// Assigns positions; results per job, in job order.
+    /// Assigns positions to the `pending` items (`(job, item)` indices). Duplicates of an
+    /// earlier publish are answered in `results` directly; the rest become the batch, with
+    /// the `(job, item)` of each entry.
     async fn sequence(
         &mut self,
         group: &[Job],
-    ) -> Result<(AppendBatch, Vec<Vec<(usize, PublishResult)>>), PublishError> {
+        pending: &[(usize, usize)],
+        results: &mut [Vec<Option<PublishResult>>],
+    ) -> Result<(AppendBatch, Vec<(usize, usize)>), PublishError> {
         let now = now_ms();
         let expires = now.saturating_add(self.idempotency_window.as_millis() as u64);
         let mut batch = AppendBatch::default();
-        let mut results = Vec::with_capacity(group.len());
+        let mut owners = Vec::with_capacity(pending.len());
         let mut seen_keys: HashMap<(&str, &str), (u64, u64)> = HashMap::new();
         let mut duplicates = 0;
-        for job in group {
-            let mut out = Vec::with_capacity(job.items.len());
-            for (i, item) in &job.items {
-                if let Some(key) = item.idempotency_key.as_deref() {
-                    let earlier = match seen_keys.get(&(item.channel.as_str(), key)) {
-                        Some(pos) => Some(*pos),
-                        None => self
-                            .idempotency_get(&item.channel, key, now)
-                            .await
-                            .map_err(|e| {
-                                PublishError::unavailable("store_unavailable", e.to_string())
-                            })?
-                            .map(|r| (r.epoch, r.seq)),
-                    };
-                    if let Some((epoch, seq)) = earlier {
-                        duplicates += 1;
-                        out.push((
-                            *i,
-                            PublishResult {
-                                channel: item.channel.clone(),
-                                epoch: Some(epoch),
-                                seq: Some(seq),
-                                duplicate: true,
-                            },
-                        ));
-                        continue;
-                    }
-                }
-                let (epoch, last) = self.head(&item.channel).await?;
-                let seq = last + 1;
-                self.heads.insert(item.channel.clone(), (epoch, seq));
-                if let Some(key) = item.idempotency_key.as_deref() {
-                    seen_keys.insert((item.channel.as_str(), key), (epoch, seq));
-                }
-                batch.entries.push(AppendEntry {
-                    channel: item.channel.clone(),
-                    epoch,
-                    seq,
-                    ts_ms: now,
-                    event: item.event.clone().unwrap_or_else(|| "message".to_owned()),
-                    data: item.data.clone(),
-                    idempotency: item.idempotency_key.clone().map(|k| (k, expires)),
-                });
-                out.push((
-                    *i,
-                    PublishResult {
+        for &(j, k) in pending {
+            let item = &group[j].items[k].1;
+            if let Some(key) = item.idempotency_key.as_deref() {
+                let earlier = match seen_keys.get(&(item.channel.as_str(), key)) {
+                    Some(pos) => Some(*pos),
+                    None => self
+                        .idempotency_get(&item.channel, key, now)
+                        .await
+                        .map_err(|e| PublishError::unavailable("store_unavailable", e.to_string()))?
+                        .map(|r| (r.epoch, r.seq)),
+                };
+                if let Some((epoch, seq)) = earlier {
+                    duplicates += 1;
+                    results[j][k] = Some(PublishResult {
                         channel: item.channel.clone(),
                         epoch: Some(epoch),
                         seq: Some(seq),
-                        duplicate: false,
-                    },
-                ));
+                        duplicate: true,
+                    });
+                    continue;
+                }
             }
-            results.push(out);
+            let (epoch, last) = self.head(&item.channel).await?;
+            let seq = last + 1;
+            self.heads.insert(item.channel.clone(), (epoch, seq));
+            if let Some(key) = item.idempotency_key.as_deref() {
+                seen_keys.insert((item.channel.as_str(), key), (epoch, seq));
+            }
+            let ttl = self.policies.for_channel(&item.channel).retention.max_age;
+            batch.entries.push(AppendEntry {
+                channel: item.channel.clone(),
+                epoch,
+                seq,
+                ts_ms: now,
+                event: item.event.clone().unwrap_or_else(|| "message".to_owned()),
+                data: item.data.clone(),
+                idempotency: item.idempotency_key.clone().map(|k| (k, expires)),
+                ttl_secs: u32::try_from(ttl.as_secs()).unwrap_or(u32::MAX),
+            });
+            owners.push((j, k));
         }
         self.counters.add_duplicates(duplicates);
-        Ok((batch, results))
+        Ok((batch, owners))
     }
 
+    /// Writes the batch; on success (full or partial) records the results of what was
+    /// written and hands it to the fabric. Returns the `(job, item)`s that lost a
+    /// conditional write and must be sequenced again.
     async fn write(
         &mut self,
-        group: Vec<Job>,
         batch: AppendBatch,
-        results: Vec<Vec<(usize, PublishResult)>>,
-    ) {
-        let written = batch.entries.len() as u64;
-        let messages: Vec<FabricMessage> = batch
-            .entries
-            .iter()
-            .map(|e| FabricMessage {
+        owners: &[(usize, usize)],
+        results: &mut [Vec<Option<PublishResult>>],
+    ) -> Result<Vec<(usize, usize)>, PublishError> {
+        let mut touched: Vec<String> = batch.entries.iter().map(|e| e.channel.clone()).collect();
+        touched.sort_unstable();
+        touched.dedup();
+        let mut lost_from: Vec<(String, u64)> = Vec::new();
+        let entries = batch.entries.clone();
+        match self.append(batch).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict { detail, lost }) => {
+                tracing::info!(%detail, "positions taken by another writer; re-sequencing");
+                self.counters.add_conflict();
+                lost_from = lost;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "durable write failed; publishes refused");
+                self.counters.add_commit_failure();
+                // The positions handed out were not (all) written: forget them so the next
+                // attempt starts from what the store holds.
+                for c in &touched {
+                    self.heads.remove(c);
+                }
+                return Err(PublishError::unavailable(
+                    "store_unavailable",
+                    e.to_string(),
+                ));
+            }
+        }
+        for (c, _) in &lost_from {
+            self.heads.remove(c);
+        }
+        let is_lost = |e: &AppendEntry| {
+            lost_from
+                .iter()
+                .any(|(c, from)| *c == e.channel && e.seq >= *from)
+        };
+        let mut retry = Vec::new();
+        let mut messages = Vec::with_capacity(entries.len());
+        for (e, &(j, k)) in entries.iter().zip(owners) {
+            if is_lost(e) {
+                retry.push((j, k));
+                continue;
+            }
+            results[j][k] = Some(PublishResult {
+                channel: e.channel.clone(),
+                epoch: Some(e.epoch),
+                seq: Some(e.seq),
+                duplicate: false,
+            });
+            messages.push(FabricMessage {
                 channel: Arc::from(e.channel.as_str()),
                 epoch: e.epoch,
                 seq: e.seq,
@@ -241,29 +329,10 @@ impl Sequencer {
                 event: Arc::from(e.event.as_str()),
                 data: e.data.clone(),
                 conflation_key: None,
-            })
-            .collect();
-        let mut touched: Vec<String> = batch.entries.iter().map(|e| e.channel.clone()).collect();
-        touched.dedup();
-        if let Err(e) = self.append(batch).await {
-            tracing::error!(error = %e, "durable write failed; publishes refused");
-            self.counters.add_commit_failure();
-            // The positions handed out above were never written: forget them so the next
-            // attempt starts from what the store holds.
-            for c in &touched {
-                self.heads.remove(c);
-            }
-            let err = PublishError::unavailable("store_unavailable", e.to_string());
-            for job in group {
-                let _ = job.reply.send(Err(err.clone()));
-            }
-            return;
+            });
         }
         self.counters.add_commit();
-        self.counters.add_reliable(written);
-        for (job, out) in group.into_iter().zip(results) {
-            let _ = job.reply.send(Ok(out));
-        }
+        self.counters.add_reliable(messages.len() as u64);
         for c in touched {
             // Retention is best-effort bookkeeping: if the sweeper is behind, the periodic
             // full sweep catches the channel.
@@ -274,5 +343,6 @@ impl Sequencer {
                 tracing::warn!(error = %e, "fabric publish failed; nodes repair from the store");
             }
         }
+        Ok(retry)
     }
 }

@@ -8,6 +8,8 @@ pub struct DispatcherStats {
     pub duplicates: u64,
     pub commits: u64,
     pub commit_failures: u64,
+    /// Group commits that lost conditional writes to another dispatcher and re-sequenced.
+    pub conflicts: u64,
     pub trimmed: u64,
 }
 
@@ -18,6 +20,7 @@ pub(crate) struct Counters {
     duplicates: AtomicU64,
     commits: AtomicU64,
     commit_failures: AtomicU64,
+    conflicts: AtomicU64,
     trimmed: AtomicU64,
 }
 
@@ -37,6 +40,9 @@ impl Counters {
     pub fn add_commit_failure(&self) {
         self.commit_failures.fetch_add(1, Relaxed);
     }
+    pub fn add_conflict(&self) {
+        self.conflicts.fetch_add(1, Relaxed);
+    }
     pub fn add_trimmed(&self, n: u64) {
         self.trimmed.fetch_add(n, Relaxed);
     }
@@ -47,6 +53,7 @@ impl Counters {
             duplicates: self.duplicates.load(Relaxed),
             commits: self.commits.load(Relaxed),
             commit_failures: self.commit_failures.load(Relaxed),
+            conflicts: self.conflicts.load(Relaxed),
             trimmed: self.trimmed.load(Relaxed),
         }
     }

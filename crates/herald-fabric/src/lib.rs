@@ -2,7 +2,15 @@
 //! [`Fabric`] trait and the in-process implementation the single binary uses.
 //!
 //! A fabric may lose messages; nodes detect gaps by `seq` and repair them from the store,
-//! so the fabric never decides correctness.
+//! so the fabric never decides correctness. With the `nats` feature, [`NatsFabric`] carries
+//! them over NATS core subjects between the processes of a cluster.
+
+#[cfg(feature = "nats")]
+mod codec;
+#[cfg(feature = "nats")]
+mod nats;
+#[cfg(feature = "nats")]
+pub use nats::{NatsFabric, NatsOptions};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -32,11 +40,22 @@ impl FabricMessage {
     }
 }
 
+/// What a fabric hands to the node it feeds.
+#[derive(Clone, Debug)]
+pub enum Incoming {
+    Message(FabricMessage),
+    /// Messages of this channel (`None`: of every channel) may have been missed, e.g. while
+    /// a subscription was being set up or the fabric reconnected: compare with the store.
+    Resync(Option<Arc<str>>),
+}
+
 /// Errors of a fabric.
 #[derive(Debug, Error)]
 pub enum FabricError {
     #[error("fabric closed")]
     Closed,
+    #[error("fabric unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// Transport from dispatchers to nodes.
@@ -48,17 +67,22 @@ pub trait Fabric: Send + Sync + 'static {
 
     /// Tells the fabric whether this node has subscribers of `channel` (interest-based routing).
     fn set_interest(&self, channel: &str, interested: bool);
+
+    /// Whether the fabric can carry messages right now (for `/readyz`).
+    fn is_ready(&self) -> bool {
+        true
+    }
 }
 
 /// Fabric inside one process: a bounded queue into the node's fan-out loop.
 #[derive(Clone)]
 pub struct InProcessFabric {
-    tx: mpsc::Sender<FabricMessage>,
+    tx: mpsc::Sender<Incoming>,
     dropped_ephemeral: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Creates the in-process fabric and the receiving end the node consumes.
-pub fn in_process(capacity: usize) -> (InProcessFabric, mpsc::Receiver<FabricMessage>) {
+pub fn in_process(capacity: usize) -> (InProcessFabric, mpsc::Receiver<Incoming>) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
     (
         InProcessFabric {
@@ -82,7 +106,7 @@ impl Fabric for InProcessFabric {
     async fn publish(&self, messages: Vec<FabricMessage>) -> Result<(), FabricError> {
         for m in messages {
             if m.is_ephemeral() {
-                match self.tx.try_send(m) {
+                match self.tx.try_send(Incoming::Message(m)) {
                     Ok(()) => {}
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         self.dropped_ephemeral
@@ -91,7 +115,10 @@ impl Fabric for InProcessFabric {
                     Err(mpsc::error::TrySendError::Closed(_)) => return Err(FabricError::Closed),
                 }
             } else {
-                self.tx.send(m).await.map_err(|_| FabricError::Closed)?;
+                self.tx
+                    .send(Incoming::Message(m))
+                    .await
+                    .map_err(|_| FabricError::Closed)?;
             }
         }
         Ok(())
@@ -124,7 +151,11 @@ mod tests {
         fabric.publish(vec![msg(1), msg(2)]).await.unwrap();
         fabric.publish(vec![msg(0)]).await.unwrap();
         assert_eq!(fabric.dropped_ephemeral(), 1);
-        assert_eq!(rx.recv().await.unwrap().seq, 1);
-        assert_eq!(rx.recv().await.unwrap().seq, 2);
+        for want in [1, 2] {
+            match rx.recv().await.unwrap() {
+                Incoming::Message(m) => assert_eq!(m.seq, want),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
     }
 }

@@ -5,7 +5,7 @@ use crate::hub::Delivered;
 use crate::message::Message;
 use crate::stats::Counters;
 use crate::Node;
-use herald_fabric::FabricMessage;
+use herald_fabric::Incoming;
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 
@@ -18,7 +18,8 @@ const MAX_BATCH: usize = 512;
 
 pub(crate) async fn run(
     node: Arc<Node>,
-    mut rx: mpsc::Receiver<FabricMessage>,
+    mut rx: mpsc::Receiver<Incoming>,
+    resync: mpsc::Sender<Option<Arc<str>>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -32,12 +33,22 @@ pub(crate) async fn run(
             },
             _ = stop.changed() => return,
         };
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(m) => batch.push(m),
-                Err(_) => break,
+        let mut next = Some(first);
+        while let Some(incoming) = next.take() {
+            match incoming {
+                Incoming::Message(m) => batch.push(m),
+                Incoming::Resync(channel) => {
+                    // Store reads happen off this loop; a full queue already holds a
+                    // resync that will see the same store state.
+                    let _ = resync.try_send(channel);
+                }
             }
+            if batch.len() < MAX_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        if batch.is_empty() {
+            continue;
         }
         // Keeping up (one message in the batch): split the writes across both threads to reach
         // the last subscriber sooner. Behind (several messages): one thread, so more messages
@@ -87,7 +98,7 @@ async fn repair(
     Counters::bump(&node.counters.gap_repairs);
     let want = (msg.seq - after - 1) as usize;
     match node
-        .store
+        .reads
         .read_range(&msg.channel, after, want.min(MAX_REPAIR))
         .await
     {

@@ -109,7 +109,9 @@ impl Hub {
         let mut g = slot.inner.lock();
         if !msg.is_ephemeral() {
             if let Some(head) = g.head {
-                if msg.epoch == g.epoch {
+                // Epoch 0 is the baseline of a channel that had no messages yet: its first
+                // message, whatever its epoch, must be seq 1.
+                if msg.epoch == g.epoch || g.epoch == 0 {
                     if msg.seq <= head {
                         return Delivered::Done;
                     }
@@ -196,6 +198,13 @@ impl Hub {
         if !covered {
             return Attached::NeedStore;
         }
+        if g.head.is_none() {
+            // The first subscriber fixes where this node stands: a later message that does
+            // not follow it is a gap to repair, not a new start (the fabric only carries
+            // messages once this node has asked for the channel).
+            g.head = Some(after.seq);
+            g.epoch = after.epoch;
+        }
         // The hand-over bypasses the queue's bound; keep it to half of it so live messages
         // still fit. A client further behind keeps reading the store (with backpressure).
         let backlog = g.ring.iter().filter(|m| m.seq > after.seq).count();
@@ -222,6 +231,32 @@ impl Hub {
             }
             _ => false,
         }
+    }
+
+    /// Where the channel stands on this node; a channel that has seen nothing yet starts at
+    /// `store_head` (its later messages are checked against it). Used by resyncs.
+    pub fn head_or_start(&self, slot: &Slot, store_head: Position) -> Position {
+        let mut g = slot.inner.lock();
+        match g.head {
+            Some(seq) => Position {
+                epoch: g.epoch,
+                seq,
+            },
+            None => {
+                g.head = Some(store_head.seq);
+                g.epoch = store_head.epoch;
+                store_head
+            }
+        }
+    }
+
+    /// Every channel this node holds.
+    pub fn slots(&self) -> Vec<Arc<Slot>> {
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            out.extend(shard.read().values().cloned());
+        }
+        out
     }
 
     pub fn detach(&self, slot: &Slot, queue: &Arc<ConnQueue>) {

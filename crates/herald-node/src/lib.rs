@@ -8,8 +8,10 @@ mod housekeeping;
 mod hub;
 mod message;
 mod queue;
+mod reads;
 mod registry;
 mod replay;
+mod resync;
 mod stats;
 mod stream;
 
@@ -19,7 +21,7 @@ pub use stats::NodeStats;
 pub use stream::{SseBody, StreamTask};
 
 use bytes::Bytes;
-use herald_fabric::{Fabric, FabricMessage};
+use herald_fabric::{Fabric, Incoming};
 use herald_proto::Cursor;
 use herald_store::Store;
 use queue::{ConnQueue, Item};
@@ -33,6 +35,9 @@ use thiserror::Error;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
+
+/// Channels waiting to be checked against the store after the fabric reported a loss.
+const RESYNC_QUEUE: usize = 65_536;
 
 /// Tunables of a node.
 #[derive(Clone, Debug)]
@@ -91,7 +96,8 @@ pub enum NodeError {
 /// The subscribe side: shared by all request handlers.
 pub struct Node {
     hub: hub::Hub,
-    store: Arc<dyn Store>,
+    reads: reads::Reads,
+    fabric: Arc<dyn Fabric>,
     config: NodeConfig,
     counters: Arc<Counters>,
     registry: Registry,
@@ -104,23 +110,31 @@ impl Node {
     pub fn start(
         store: Arc<dyn Store>,
         fabric: Arc<dyn Fabric>,
-        incoming: mpsc::Receiver<FabricMessage>,
+        incoming: mpsc::Receiver<Incoming>,
         config: NodeConfig,
     ) -> Arc<Self> {
         let counters = Arc::new(Counters::default());
         let (stop, stop_rx) = watch::channel(false);
         let node = Arc::new(Self {
-            hub: hub::Hub::new(config.ring_cap, fabric, counters.clone()),
-            store,
+            hub: hub::Hub::new(config.ring_cap, fabric.clone(), counters.clone()),
+            reads: reads::Reads::new(store),
+            fabric,
             config,
             counters,
             registry: Registry::default(),
             stop,
             tasks: parking_lot::Mutex::new(Vec::new()),
         });
-        let f = tokio::spawn(fanout::run(node.clone(), incoming, stop_rx.clone()));
+        let (resync_tx, resync_rx) = mpsc::channel(RESYNC_QUEUE);
+        let f = tokio::spawn(fanout::run(
+            node.clone(),
+            incoming,
+            resync_tx,
+            stop_rx.clone(),
+        ));
+        let r = tokio::spawn(resync::run(node.clone(), resync_rx, stop_rx.clone()));
         let h = tokio::spawn(housekeeping::run(node.clone(), stop_rx));
-        node.tasks.lock().extend([f, h]);
+        node.tasks.lock().extend([f, r, h]);
         node
     }
 
@@ -129,7 +143,14 @@ impl Node {
     }
 
     pub fn stats(&self) -> NodeStats {
-        self.counters.snapshot()
+        let mut s = self.counters.snapshot();
+        s.shared_reads = self.reads.joined.load(Relaxed);
+        s
+    }
+
+    /// Whether the node can take streams: its fabric carries messages.
+    pub fn is_ready(&self) -> bool {
+        self.fabric.is_ready()
     }
 
     /// Prepares a stream of `channels` (already validated and authorized), resuming each
@@ -193,10 +214,10 @@ impl Node {
             return Ok(p);
         }
         let meta = self
-            .store
+            .reads
             .channel_meta(&slot.channel)
             .await
-            .map_err(|e| NodeError::Store(e.to_string()))?;
+            .map_err(NodeError::Store)?;
         Ok(
             meta.map_or_else(Default::default, |m| herald_proto::Position {
                 epoch: m.epoch,

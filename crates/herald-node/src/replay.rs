@@ -57,14 +57,10 @@ pub(crate) async fn run(node: Arc<Node>, queue: Arc<ConnQueue>, joins: Vec<Join>
     }
 }
 
-async fn join_channel(
-    node: &Node,
-    queue: &Arc<ConnQueue>,
-    j: &Join,
-) -> Result<(), herald_store::StoreError> {
+async fn join_channel(node: &Node, queue: &Arc<ConnQueue>, j: &Join) -> Result<(), String> {
     // Retention and epochs are the store's word, so every join asks it where the log
     // stands; what the ring can serve then saves the range read.
-    let meta = node.store.channel_meta(&j.slot.channel).await?;
+    let meta = node.reads.channel_meta(&j.slot.channel).await?;
     let mut reset_to = None;
     let start = match (j.resume, meta) {
         (None, Some(m)) => Position {
@@ -131,7 +127,7 @@ async fn join_channel(
             }
         }
         let page = node
-            .store
+            .reads
             .read_range(&j.slot.channel, pos.seq, node.config.replay_page)
             .await?;
         caught_up = page.len() < node.config.replay_page;
@@ -141,7 +137,7 @@ async fn join_channel(
             continue;
         }
         from_store = true;
-        for m in &page {
+        for m in page.iter() {
             if m.seq != pos.seq + 1 {
                 // Trimmed while we read: say so rather than skip silently.
                 let head = Position {

@@ -19,6 +19,10 @@ pub struct NodeStats {
     pub replayed_messages: u64,
     pub resets: u64,
     pub gap_repairs: u64,
+    /// Channels caught up with the store after the fabric reported a possible loss.
+    pub resync_repairs: u64,
+    /// Store reads answered by joining an identical read already in flight.
+    pub shared_reads: u64,
 }
 
 #[derive(Default)]
@@ -39,6 +43,7 @@ pub(crate) struct Counters {
     pub replayed_messages: AtomicU64,
     pub resets: AtomicU64,
     pub gap_repairs: AtomicU64,
+    pub resync_repairs: AtomicU64,
 }
 
 impl Counters {
@@ -64,6 +69,8 @@ impl Counters {
             replayed_messages: self.replayed_messages.load(Relaxed),
             resets: self.resets.load(Relaxed),
             gap_repairs: self.gap_repairs.load(Relaxed),
+            resync_repairs: self.resync_repairs.load(Relaxed),
+            shared_reads: 0,
         }
     }
 }

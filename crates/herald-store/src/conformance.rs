@@ -28,6 +28,7 @@ fn entry(channel: &str, epoch: u64, seq: u64, ts_ms: u64) -> AppendEntry {
         event: "message".to_owned(),
         data: Bytes::from(format!("{{\"n\":{seq}}}")),
         idempotency: None,
+        ttl_secs: 0,
     }
 }
 

@@ -11,10 +11,15 @@ pub enum StoreError {
     Task(String),
     #[error("invalid store input: {0}")]
     Invalid(String),
-    /// A conditional write lost: another writer already holds this position. The sequencer
-    /// re-reads the channel head and retries.
-    #[error("write conflict: {0}")]
-    Conflict(String),
+    /// A conditional write lost: another writer already holds these positions. `lost` names
+    /// each channel that conflicted and its first seq not written by this append; every
+    /// other entry of the append was written. The sequencer re-reads those channels' heads
+    /// and retries their entries.
+    #[error("write conflict: {detail}")]
+    Conflict {
+        detail: String,
+        lost: Vec<(String, u64)>,
+    },
 }
 
 impl From<fjall::Error> for StoreError {

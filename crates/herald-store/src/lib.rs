@@ -12,7 +12,7 @@ mod types;
 pub use error::StoreError;
 pub use fjall_store::{FjallOptions, FjallStore};
 #[cfg(feature = "scylla")]
-pub use scylla_store::{ScyllaOptions, ScyllaStore};
+pub use scylla_store::{Member, ScyllaOptions, ScyllaStore};
 pub use types::{
     AppendBatch, AppendEntry, ChannelMeta, IdempotencyRecord, Retention, StoredMessage, TrimOutcome,
 };

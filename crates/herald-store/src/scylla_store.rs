@@ -41,7 +41,25 @@ const PAGE_ROWS: i32 = 1_000;
 /// publisher's `ts_ms` and the coordinator; reads filter on `expires_at` exactly).
 const IDEMPOTENCY_GRACE_SECS: u64 = 60;
 
-const TABLES: [&str; 4] = ["messages", "heads", "lows", "idempotency"];
+const TABLES: [&str; 6] = [
+    "messages",
+    "heads",
+    "lows",
+    "idempotency",
+    "members",
+    "acks",
+];
+/// Columns added to existing tables since their first release, as `(table, column, type)`;
+/// `herald migrate` adds them, and start-up refuses a schema that lacks them.
+const ADDED_COLUMNS: [(&str, &str, &str); 1] = [("messages", "idem_key", "text")];
+
+/// One live process of a cluster, as its heartbeat row says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub id: String,
+    /// Where its HTTP API listens (`host:port`).
+    pub addr: String,
+}
 
 /// Settings of the cluster store.
 #[derive(Clone, Debug)]
@@ -91,6 +109,10 @@ struct Statements {
     delete_idempotency: PreparedStatement,
     list_heads: PreparedStatement,
     scan_idempotency: PreparedStatement,
+    message_key: PreparedStatement,
+    heartbeat: PreparedStatement,
+    leave: PreparedStatement,
+    members: PreparedStatement,
 }
 
 struct Inner {
@@ -128,6 +150,13 @@ fn to_u64(what: &'static str, v: i64) -> Result<u64, StoreError> {
     })
 }
 
+/// A TTL as CQL takes it: at most 10 years. CQL's limit is 20 years, and Cassandra in its
+/// default storage mode refuses expirations past 2038-01-19 (CASSANDRA-14092).
+fn cql_ttl(secs: u64) -> i32 {
+    const MAX_TTL_SECS: u64 = 10 * 365 * 24 * 3600;
+    secs.min(MAX_TTL_SECS) as i32
+}
+
 fn bucket(seq: u64) -> u64 {
     seq >> BUCKET_BITS
 }
@@ -162,10 +191,23 @@ impl ScyllaStore {
     /// Connects and checks that [`ScyllaStore::migrate`] has created the schema.
     pub async fn connect(opts: ScyllaOptions) -> Result<Self, StoreError> {
         let store = Self::connect_unchecked(opts).await?;
-        let missing = store.missing_tables().await?;
+        let mut missing: Vec<String> = store
+            .missing_tables()
+            .await?
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        if missing.is_empty() {
+            missing = store
+                .missing_columns()
+                .await?
+                .into_iter()
+                .map(|(t, c, _)| format!("{t}.{c}"))
+                .collect();
+        }
         if !missing.is_empty() {
             return Err(StoreError::Engine(format!(
-                "keyspace {} lacks tables {missing:?}; run `herald migrate` first",
+                "keyspace {} lacks {missing:?}; run `herald migrate` first",
                 store.inner.keyspace
             )));
         }
@@ -206,7 +248,7 @@ impl ScyllaStore {
                 session,
                 keyspace: opts.keyspace,
                 replication: opts.replication,
-                message_ttl: i32::try_from(opts.message_ttl_secs).unwrap_or(i32::MAX),
+                message_ttl: cql_ttl(u64::from(opts.message_ttl_secs)),
                 statements: OnceCell::new(),
             }),
         })
@@ -222,7 +264,7 @@ impl ScyllaStore {
             ),
             format!(
                 "CREATE TABLE IF NOT EXISTS {ks}.messages (channel text, bucket bigint, \
-                 seq bigint, epoch bigint, ts bigint, event text, data blob, \
+                 seq bigint, epoch bigint, ts bigint, event text, data blob, idem_key text, \
                  PRIMARY KEY ((channel, bucket), seq)) WITH CLUSTERING ORDER BY (seq ASC) \
                  AND compaction = {{'class': 'TimeWindowCompactionStrategy', \
                  'compaction_window_unit': 'HOURS', 'compaction_window_size': 6}}"
@@ -239,8 +281,27 @@ impl ScyllaStore {
                 "CREATE TABLE IF NOT EXISTS {ks}.idempotency (channel text, key text, \
                  epoch bigint, seq bigint, expires_at bigint, PRIMARY KEY ((channel, key)))"
             ),
+            // Cluster membership: one row per live process, kept alive by heartbeats
+            // written with a TTL, so a killed process drops out by itself.
+            format!(
+                "CREATE TABLE IF NOT EXISTS {ks}.members (role text, id text, addr text, \
+                 PRIMARY KEY (role, id))"
+            ),
+            // Last acknowledged position per (channel, user).
+            format!(
+                "CREATE TABLE IF NOT EXISTS {ks}.acks (channel text, user text, epoch bigint, \
+                 seq bigint, ts bigint, PRIMARY KEY (channel, user))"
+            ),
         ];
         for stmt in ddl {
+            self.inner
+                .session
+                .query_unpaged(stmt.as_str(), ())
+                .await
+                .map_err(eng!("migrate"))?;
+        }
+        for (table, column, ty) in self.missing_columns().await? {
+            let stmt = format!("ALTER TABLE {ks}.{table} ADD {column} {ty}");
             self.inner
                 .session
                 .query_unpaged(stmt.as_str(), ())
@@ -253,6 +314,78 @@ impl ScyllaStore {
             .await
             .map_err(eng!("schema agreement"))?;
         Ok(())
+    }
+
+    async fn missing_columns(
+        &self,
+    ) -> Result<Vec<(&'static str, &'static str, &'static str)>, StoreError> {
+        let mut missing = Vec::new();
+        for (table, column, ty) in ADDED_COLUMNS {
+            let res = self
+                .inner
+                .session
+                .query_unpaged(
+                    "SELECT column_name FROM system_schema.columns \
+                     WHERE keyspace_name = ? AND table_name = ? AND column_name = ?",
+                    (self.inner.keyspace.as_str(), table, column),
+                )
+                .await
+                .map_err(eng!("schema check"))?;
+            if rows(res, "schema check")?.rows_num() == 0 {
+                missing.push((table, column, ty));
+            }
+        }
+        Ok(missing)
+    }
+
+    /// Records that `id` (of `role`) is alive at `addr` for the next `ttl_secs`.
+    pub async fn heartbeat(
+        &self,
+        role: &str,
+        id: &str,
+        addr: &str,
+        ttl_secs: u32,
+    ) -> Result<(), StoreError> {
+        let st = self.statements().await?;
+        let ttl = i32::try_from(ttl_secs.max(1)).unwrap_or(i32::MAX);
+        self.inner
+            .session
+            .execute_unpaged(&st.heartbeat, (role, id, addr, ttl))
+            .await
+            .map_err(eng!("heartbeat"))?;
+        Ok(())
+    }
+
+    /// Removes `id` from the live members of `role` (a clean leave).
+    pub async fn leave(&self, role: &str, id: &str) -> Result<(), StoreError> {
+        let st = self.statements().await?;
+        self.inner
+            .session
+            .execute_unpaged(&st.leave, (role, id))
+            .await
+            .map_err(eng!("leave"))?;
+        Ok(())
+    }
+
+    /// The live members of `role`, by id.
+    pub async fn members(&self, role: &str) -> Result<Vec<Member>, StoreError> {
+        let st = self.statements().await?;
+        let res = self
+            .inner
+            .session
+            .execute_unpaged(&st.members, (role,))
+            .await
+            .map_err(eng!("members"))?;
+        let mut out = Vec::new();
+        for r in rows(res, "members")?
+            .rows::<(String, String)>()
+            .map_err(eng!("members"))?
+        {
+            let (id, addr) = r.map_err(eng!("members"))?;
+            out.push(Member { id, addr });
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
     }
 
     /// Drops the keyspace and everything in it (tests).
@@ -300,8 +433,8 @@ impl ScyllaStore {
         let p = |q: String| async move { s.prepare(q.clone()).await.map_err(eng!(&q)) };
         Ok(Statements {
             insert_message: p(format!(
-                "INSERT INTO {ks}.messages (channel, bucket, seq, epoch, ts, event, data) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS USING TTL ?"
+                "INSERT INTO {ks}.messages (channel, bucket, seq, epoch, ts, event, data, \
+                 idem_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS USING TTL ?"
             ))
             .await?,
             insert_idempotency: p(format!(
@@ -365,6 +498,19 @@ impl ScyllaStore {
                 "SELECT channel, key, expires_at FROM {ks}.idempotency"
             ))
             .await?,
+            message_key: p(format!(
+                "SELECT idem_key FROM {ks}.messages WHERE channel = ? AND bucket = ? AND seq = ?"
+            ))
+            .await?,
+            heartbeat: p(format!(
+                "INSERT INTO {ks}.members (role, id, addr) VALUES (?, ?, ?) USING TTL ?"
+            ))
+            .await?,
+            leave: p(format!(
+                "DELETE FROM {ks}.members WHERE role = ? AND id = ?"
+            ))
+            .await?,
+            members: p(format!("SELECT id, addr FROM {ks}.members WHERE role = ?")).await?,
         })
     }
 
@@ -404,8 +550,13 @@ impl ScyllaStore {
         }))
     }
 
-    /// Writes one channel's entries (in seq order): conditional batches per partition,
-    /// then idempotency records, then the head.
+    /// Writes one channel's entries (in seq order): idempotency records, conditional
+    /// batches per partition, then the head.
+    ///
+    /// The idempotency records go first and name the seq they were given; the message row
+    /// carries its key. A record counts only while the row at its seq carries the same key
+    /// (see `idempotency_get`), so a writer that dies anywhere in between leaves either a
+    /// record that is ignored or a message a retry finds: never a message twice.
     async fn append_channel(
         &self,
         channel: &str,
@@ -413,7 +564,7 @@ impl ScyllaStore {
     ) -> Result<(), StoreError> {
         let st = self.statements().await?;
         let s = &self.inner.session;
-        let ttl = self.inner.message_ttl;
+        self.write_idempotency(channel, &entries).await?;
         let mut start = 0;
         while start < entries.len() {
             let b = bucket(entries[start].seq);
@@ -440,25 +591,55 @@ impl ScyllaStore {
                     to_i64("ts", e.ts_ms)?,
                     e.event.as_str(),
                     e.data.as_ref(),
-                    ttl,
+                    e.idempotency.as_ref().map(|(k, _)| k.as_str()),
+                    self.ttl_of(e),
                 ));
             }
             let res = s.batch(&batch, values).await.map_err(eng!("append"))?;
             let (applied, _) = lwt_outcome(res, "append", None)?;
             if !applied {
-                return Err(StoreError::Conflict(format!(
-                    "{channel}: some of seqs {}..={} already written",
-                    chunk[0].seq,
-                    chunk[chunk.len() - 1].seq
-                )));
+                // Earlier chunks are written: move the head past them before reporting.
+                if start > 0 {
+                    let last = entries[start - 1];
+                    self.advance_head(channel, last.epoch, last.seq).await?;
+                }
+                return Err(StoreError::Conflict {
+                    detail: format!(
+                        "{channel}: some of seqs {}..={} already written",
+                        chunk[0].seq,
+                        chunk[chunk.len() - 1].seq
+                    ),
+                    lost: vec![(channel.to_owned(), chunk[0].seq)],
+                });
             }
             start = end;
         }
+        let last = entries[entries.len() - 1];
+        self.advance_head(channel, last.epoch, last.seq).await
+    }
+
+    /// TTL of a message row: the entry's own (its namespace's retention age), else the
+    /// store's default.
+    fn ttl_of(&self, e: &AppendEntry) -> i32 {
+        if e.ttl_secs > 0 {
+            cql_ttl(u64::from(e.ttl_secs))
+        } else {
+            self.inner.message_ttl
+        }
+    }
+
+    async fn write_idempotency(
+        &self,
+        channel: &str,
+        entries: &[&AppendEntry],
+    ) -> Result<(), StoreError> {
+        let st = self.statements().await?;
+        let s = &self.inner.session;
         let mut writes = Vec::new();
-        for e in &entries {
+        for e in entries {
             if let Some((key, expires)) = &e.idempotency {
                 let secs = expires.saturating_sub(e.ts_ms).div_ceil(1000) + IDEMPOTENCY_GRACE_SECS;
-                let ttl = i32::try_from(secs).unwrap_or(i32::MAX);
+                let ttl = cql_ttl(secs);
                 let values = (
                     channel,
                     key.as_str(),
@@ -475,8 +656,7 @@ impl ScyllaStore {
             }
         }
         futures_util::future::try_join_all(writes).await?;
-        let last = entries[entries.len() - 1];
-        self.advance_head(channel, last.epoch, last.seq).await
+        Ok(())
     }
 
     /// Moves the head forward to `seq` (never back): `UPDATE … IF last_seq < seq`, or
@@ -503,8 +683,8 @@ impl ScyllaStore {
                 return Ok(());
             }
         }
-        Err(StoreError::Conflict(format!(
-            "{channel}: could not advance head to {seq}"
+        Err(StoreError::Engine(format!(
+            "{channel}: could not advance head to {seq} after 16 attempts"
         )))
     }
 
@@ -665,13 +845,34 @@ impl Store for ScyllaStore {
                 None => channels.push((e.channel.as_str(), vec![e])),
             }
         }
-        futures_util::future::try_join_all(
+        // Every channel's write runs to its end (none is abandoned half-way because another
+        // failed), so a conflict can say exactly what was not written.
+        let outcomes = futures_util::future::join_all(
             channels
                 .into_iter()
                 .map(|(c, entries)| self.append_channel(c, entries)),
         )
-        .await?;
-        Ok(())
+        .await;
+        let mut lost = Vec::new();
+        let mut details = Vec::new();
+        for outcome in outcomes {
+            match outcome {
+                Ok(()) => {}
+                Err(StoreError::Conflict { detail, lost: l }) => {
+                    details.push(detail);
+                    lost.extend(l);
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        if lost.is_empty() {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict {
+                detail: details.join("; "),
+                lost,
+            })
+        }
     }
 
     async fn read_range(
@@ -721,7 +922,28 @@ impl Store for ScyllaStore {
             seq: to_u64("idempotency", seq)?,
             expires_at_ms: to_u64("idempotency", expires)?,
         };
-        Ok((rec.expires_at_ms > now_ms).then_some(rec))
+        if rec.expires_at_ms <= now_ms {
+            return Ok(None);
+        }
+        // The record is written before its message: it counts only if the message landed.
+        let res = self
+            .inner
+            .session
+            .execute_unpaged(
+                &st.message_key,
+                (channel, to_i64("bucket", bucket(rec.seq))?, seq),
+            )
+            .await
+            .map_err(eng!("read idempotency"))?;
+        let written = rows(res, "read idempotency")?
+            .maybe_first_row::<(Option<String>,)>()
+            .map_err(eng!("read idempotency"))?;
+        match written {
+            Some((Some(k),)) if k == key => Ok(Some(rec)),
+            // Not written, or since trimmed / expired: the key no longer dedupes, like a
+            // record past its window. A seq taken by another message means the write lost.
+            _ => Ok(None),
+        }
     }
 
     async fn trim(

@@ -34,6 +34,9 @@ pub struct AppendEntry {
     pub data: Bytes,
     /// Idempotency key and the time (ms) its record expires.
     pub idempotency: Option<(String, u64)>,
+    /// Seconds the message lives in a store that expires rows by TTL (the namespace's
+    /// retention age); 0: until trimmed. Stores that trim by sweeping ignore it.
+    pub ttl_secs: u32,
 }
 
 /// A group of entries written with one durable commit. Entries of one channel are in seq order.

@@ -26,6 +26,7 @@ async fn fjall_survives_reopen() -> anyhow::Result<()> {
                 event: "comment".into(),
                 data: Bytes::from_static(b"{}"),
                 idempotency: None,
+                ttl_secs: 0,
             })
             .collect();
         store.append(AppendBatch { entries }).await?;

@@ -63,6 +63,7 @@ mod cql {
             event: "message".into(),
             data: bytes::Bytes::from_static(b"{}"),
             idempotency: None,
+            ttl_secs: 0,
         }
     }
 
@@ -76,7 +77,7 @@ mod cql {
             })
             .await;
         assert!(
-            matches!(lost, Err(StoreError::Conflict(_))),
+            matches!(&lost, Err(StoreError::Conflict { lost, .. }) if lost == &vec![("conf:order".to_owned(), 3)]),
             "rewrite of seqs 3-4 must conflict, got {lost:?}"
         );
         let got = store.read_range("conf:order", 2, 10).await?;
@@ -118,6 +119,53 @@ mod cql {
                 entries: vec![entry("conf:meta", 10)],
             })
             .await?;
+
+        // A writer that died after its idempotency record but before its message: the
+        // record names a seq that holds nothing (or another message), so it does not dedupe.
+        let record = format!(
+            "INSERT INTO {keyspace}.idempotency (channel, key, epoch, seq, expires_at) \
+             VALUES (?, ?, 11, ?, ?)"
+        );
+        let far = i64::MAX / 2;
+        session
+            .query_unpaged(record.as_str(), ("conf:meta", "died-before", 11i64, far))
+            .await?;
+        session
+            .query_unpaged(record.as_str(), ("conf:meta", "other-msg", 10i64, far))
+            .await?;
+        assert_eq!(
+            store.idempotency_get("conf:meta", "died-before", 1).await?,
+            None
+        );
+        assert_eq!(
+            store.idempotency_get("conf:meta", "other-msg", 1).await?,
+            None
+        );
+        // Once the message carrying the key lands, the record counts.
+        let mut keyed = entry("conf:meta", 11);
+        keyed.idempotency = Some(("died-before".into(), u64::MAX / 4));
+        store
+            .append(AppendBatch {
+                entries: vec![keyed],
+            })
+            .await?;
+        let rec = store
+            .idempotency_get("conf:meta", "died-before", 1)
+            .await?
+            .expect("record of a written message");
+        assert_eq!(rec.seq, 11);
+
+        // A conflict on one channel leaves the other channels of the append written.
+        let mixed = store
+            .append(AppendBatch {
+                entries: vec![entry("conf:meta", 11), entry("conf:fresh", 1)],
+            })
+            .await;
+        assert!(
+            matches!(&mixed, Err(StoreError::Conflict { lost, .. }) if lost == &vec![("conf:meta".to_owned(), 11)]),
+            "got {mixed:?}"
+        );
+        assert_eq!(store.read_range("conf:fresh", 0, 10).await?.len(), 1);
         Ok(())
     }
 }

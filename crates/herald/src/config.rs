@@ -144,8 +144,26 @@ impl std::fmt::Debug for Secret {
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
 const MIN_SECRET_LEN: usize = 16;
 
+/// Which credentials a process needs without `--dev`: a dispatcher takes publishes (API
+/// keys), a node serves streams (token secret), `serve` does both.
+#[derive(Clone, Copy, Debug)]
+pub struct Needs {
+    pub api_keys: bool,
+    pub jwt_secret: bool,
+}
+
 impl Config {
     pub fn load(args: &ServeArgs) -> anyhow::Result<Self> {
+        Self::load_for(
+            args,
+            Needs {
+                api_keys: true,
+                jwt_secret: true,
+            },
+        )
+    }
+
+    pub fn load_for(args: &ServeArgs, needs: Needs) -> anyhow::Result<Self> {
         let file = match &args.config {
             Some(p) => read_file(p)?,
             None => FileConfig::default(),
@@ -181,10 +199,10 @@ impl Config {
             }
         }
         if !args.dev {
-            if api_keys.is_empty() {
+            if needs.api_keys && api_keys.is_empty() {
                 bail!("no publisher API keys: set HERALD_API_KEYS (or api_keys in --config), or run with --dev for anonymous local use");
             }
-            if jwt_secret.is_none() {
+            if needs.jwt_secret && jwt_secret.is_none() {
                 bail!("no subscriber token secret: set HERALD_JWT_SECRET (or jwt_secret in --config), or run with --dev for anonymous local use");
             }
         }

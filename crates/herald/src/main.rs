@@ -1,8 +1,10 @@
-//! The `herald` binary: `serve` runs the embedded single-process server; `publish`,
-//! `subscribe` and `token` are the command-line helpers.
+//! The `herald` binary: `serve` runs the embedded single-process server; `dispatcher`,
+//! `node` and `migrate` run a cluster over ScyllaDB and NATS; `publish`, `subscribe`,
+//! `token` and `bench` are the command-line helpers.
 
 mod auth;
 mod cli;
+mod cluster;
 mod config;
 mod serve;
 mod server;
@@ -38,6 +40,12 @@ struct Cli {
 enum Command {
     /// Run dispatcher + connection node + embedded store in one process.
     Serve(config::ServeArgs),
+    /// Cluster role: publish API, sequencing and durable writes (ScyllaDB), fabric (NATS).
+    Dispatcher(cluster::RoleArgs),
+    /// Cluster role: SSE connections, fan-out and replay (ScyllaDB, NATS).
+    Node(cluster::RoleArgs),
+    /// Create or update the ScyllaDB / Cassandra schema of a cluster.
+    Migrate(cluster::MigrateArgs),
     /// Publish one message.
     Publish(cli::publish::Args),
     /// Follow channels and print their events as JSON lines (resumes on reconnect).
@@ -58,6 +66,9 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Dispatcher(args) => cluster::run(cluster::Role::Dispatcher, args),
+        Command::Node(args) => cluster::run(cluster::Role::Node, args),
+        Command::Migrate(args) => cluster::migrate(args),
         Command::Publish(args) => cli::runtime()?.block_on(cli::publish::run(args)),
         Command::Subscribe(args) => cli::runtime()?.block_on(cli::subscribe::run(args)),
         Command::Token(args) => cli::token::run(args),

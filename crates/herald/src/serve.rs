@@ -19,9 +19,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     init_logging();
     let config = Config::load(&args)?;
     if config.dev {
-        let banner = "WARNING: --dev: anyone can subscribe to any channel and publish without a key. Never expose this server.";
-        eprintln!("{banner}");
-        tracing::warn!("{banner}");
+        dev_banner();
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -38,12 +36,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let (fabric, incoming) = herald_fabric::in_process(FABRIC_QUEUE);
     let fabric: Arc<dyn Fabric> = Arc::new(fabric);
     let node = Node::start(store.clone(), fabric.clone(), incoming, config.node.clone());
-    let dispatcher = Dispatcher::start(store, fabric, config.dispatcher.clone());
+    let dispatcher = Dispatcher::start(store.clone(), fabric.clone(), config.dispatcher.clone());
     let listener = listen(config.listen).with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
     let state = Arc::new(State {
-        node,
-        dispatcher,
+        node: Some(node),
+        dispatcher: Some(dispatcher),
+        store,
+        fabric,
+        routing: None,
         auth: Auth::new(
             config.api_keys.clone(),
             config.jwt_secret.clone(),
@@ -55,9 +56,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         max_batch: config.max_batch,
     });
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "herald serving");
-    // Scripts and tests read this line to learn the port when listening on :0.
-    println!("herald listening on http://{addr}");
-    let _ = std::io::stdout().flush();
+    announce(addr);
     server::serve(listener, state, shutdown_signal(), config.shutdown_timeout).await;
     Ok(())
 }
@@ -66,7 +65,21 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 /// once, and a short queue turns them into SYN retries a second later.
 const LISTEN_BACKLOG: u32 = 8192;
 
-fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+/// Says loudly that `--dev` turned security off.
+pub fn dev_banner() {
+    let banner = "WARNING: --dev: anyone can subscribe to any channel and publish without a key. Never expose this server.";
+    eprintln!("{banner}");
+    tracing::warn!("{banner}");
+}
+
+/// Prints the address served; scripts and tests read this line to learn the port when
+/// listening on :0.
+pub fn announce(addr: std::net::SocketAddr) {
+    println!("herald listening on http://{addr}");
+    let _ = std::io::stdout().flush();
+}
+
+pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
@@ -77,7 +90,7 @@ fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener
     socket.listen(LISTEN_BACKLOG)
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -99,7 +112,7 @@ async fn shutdown_signal() {
     }
 }
 
-fn init_logging() {
+pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()

@@ -68,7 +68,7 @@ pub async fn handle(
             ));
         }
     }
-    let store = state.dispatcher.store();
+    let store = &state.store;
     let unavailable =
         |e: herald_store::StoreError| ApiError::new(503, "store_unavailable", e.to_string());
     let meta = store.channel_meta(&channel).await.map_err(unavailable)?;

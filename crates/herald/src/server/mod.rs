@@ -13,8 +13,12 @@ mod router;
 mod sse;
 
 use crate::auth::Auth;
+use crate::cluster::routing::Routing;
+use error::ApiError;
 use herald_dispatcher::Dispatcher;
+use herald_fabric::Fabric;
 use herald_node::Node;
+use herald_store::Store;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -34,13 +38,41 @@ const HYPER_MAX_HEADERS: usize = 256;
 
 /// Everything request handlers share.
 pub struct State {
-    pub node: Arc<Node>,
-    pub dispatcher: Arc<Dispatcher>,
+    /// The subscribe side; `None` in a dispatcher-only process.
+    pub node: Option<Arc<Node>>,
+    /// The publish side; `None` in a node-only process.
+    pub dispatcher: Option<Arc<Dispatcher>>,
+    pub store: Arc<dyn Store>,
+    pub fabric: Arc<dyn Fabric>,
+    /// Cluster dispatchers: where publishes for channels owned elsewhere go.
+    pub routing: Option<Arc<Routing>>,
     pub auth: Auth,
     pub cors: cors::Cors,
     pub publish_latency: metrics::Histogram,
     pub shutting_down: AtomicBool,
     pub max_batch: usize,
+}
+
+impl State {
+    pub fn node(&self) -> Result<&Arc<Node>, ApiError> {
+        self.node.as_ref().ok_or_else(|| {
+            ApiError::new(
+                404,
+                "not_served_here",
+                "this process is a dispatcher; open streams on a node",
+            )
+        })
+    }
+
+    pub fn dispatcher(&self) -> Result<&Arc<Dispatcher>, ApiError> {
+        self.dispatcher.as_ref().ok_or_else(|| {
+            ApiError::new(
+                404,
+                "not_served_here",
+                "this process is a connection node; publish through a dispatcher",
+            )
+        })
+    }
 }
 
 /// Serves `listener` until `shutdown` resolves, then shuts down within `timeout`.
@@ -74,7 +106,9 @@ pub async fn serve(
     tracing::info!("shutting down: ending streams and finishing in-flight requests");
     state.shutting_down.store(true, Ordering::Release);
     let deadline = tokio::time::Instant::now() + timeout;
-    state.node.shutdown(timeout / 2).await;
+    if let Some(node) = &state.node {
+        node.shutdown(timeout / 2).await;
+    }
     let _ = stop_tx.send(true);
     while !conns.is_empty() {
         match tokio::time::timeout_at(deadline, conns.join_next()).await {
@@ -85,17 +119,18 @@ pub async fn serve(
                     open = conns.len(),
                     "connections still open at the deadline; closing them"
                 );
-                state.node.kill_all();
+                if let Some(node) = &state.node {
+                    node.kill_all();
+                }
                 conns.abort_all();
                 break;
             }
         }
     }
     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-    state
-        .dispatcher
-        .shutdown(left.max(Duration::from_secs(1)))
-        .await;
+    if let Some(dispatcher) = &state.dispatcher {
+        dispatcher.shutdown(left.max(Duration::from_secs(1))).await;
+    }
     tracing::info!("shutdown complete");
 }
 

@@ -19,8 +19,12 @@ pub async fn readyz(state: &State) -> Response<ResponseBody> {
             r#"{"ready":false,"reason":"shutting_down"}"#,
         );
     }
-    let probe = state.dispatcher.store().channel_meta("herald:readyz");
+    let probe = state.store.channel_meta("herald:readyz");
     match tokio::time::timeout(Duration::from_secs(2), probe).await {
+        Ok(Ok(_)) if !state.fabric.is_ready() => json_status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            r#"{"ready":false,"reason":"fabric_unavailable"}"#,
+        ),
         Ok(Ok(_)) => json_status(StatusCode::OK, r#"{"ready":true}"#),
         _ => json_status(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -40,8 +44,12 @@ fn json_status(status: StatusCode, body: &'static str) -> Response<ResponseBody>
 }
 
 pub fn metrics(state: &State) -> Response<ResponseBody> {
-    let n = state.node.stats();
-    let d = state.dispatcher.stats();
+    let n = state.node.as_ref().map(|n| n.stats()).unwrap_or_default();
+    let d = state
+        .dispatcher
+        .as_ref()
+        .map(|d| d.stats())
+        .unwrap_or_default();
     let mut out = String::with_capacity(4096);
     let g = "gauge";
     let c = "counter";

@@ -4,6 +4,7 @@ use super::body::ResponseBody;
 use super::error::ApiError;
 use super::router::json;
 use super::State;
+use crate::cluster::routing::FORWARDED_FOR;
 use bytes::Bytes;
 use herald_dispatcher::PublishItem;
 use herald_proto::{PublishBatchRequest, PublishBatchResponse, PublishRequest};
@@ -21,15 +22,13 @@ pub async fn single(
     state: &Arc<State>,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, ApiError> {
-    let publisher = state.auth.publisher(req.headers())?;
-    let limit = state.dispatcher.policies().largest_payload() + ENVELOPE_ALLOWANCE;
+    let dispatcher = state.dispatcher()?;
+    let (publisher, forwarded) = publisher_of(state, req.headers())?;
+    let limit = dispatcher.policies().largest_payload() + ENVELOPE_ALLOWANCE;
     let body = read_body(req, limit).await?;
     let parsed: PublishRequest = parse(&body)?;
     let started = Instant::now();
-    let mut results = state
-        .dispatcher
-        .publish(&publisher, vec![item(parsed)])
-        .await?;
+    let mut results = publish(state, dispatcher, &publisher, forwarded, vec![item(parsed)]).await?;
     state.publish_latency.observe(started.elapsed());
     let result = results
         .pop()
@@ -41,10 +40,11 @@ pub async fn batch(
     state: &Arc<State>,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, ApiError> {
-    let publisher = state.auth.publisher(req.headers())?;
+    let dispatcher = state.dispatcher()?;
+    let (publisher, forwarded) = publisher_of(state, req.headers())?;
     let limit = state
         .max_batch
-        .saturating_mul(state.dispatcher.policies().largest_payload() + ENVELOPE_ALLOWANCE)
+        .saturating_mul(dispatcher.policies().largest_payload() + ENVELOPE_ALLOWANCE)
         .min(64 * 1024 * 1024);
     let body = read_body(req, limit).await?;
     let parsed: PublishBatchRequest = parse(&body)?;
@@ -60,9 +60,47 @@ pub async fn batch(
     }
     let items: Vec<PublishItem> = parsed.messages.into_iter().map(item).collect();
     let started = Instant::now();
-    let results = state.dispatcher.publish(&publisher, items).await?;
+    let results = publish(state, dispatcher, &publisher, forwarded, items).await?;
     state.publish_latency.observe(started.elapsed());
     json(&PublishBatchResponse { results })
+}
+
+/// The publisher's name, and whether the request was forwarded by another dispatcher of
+/// the cluster (it then carries the cluster secret and the publisher it acts for).
+fn publisher_of(state: &State, headers: &http::HeaderMap) -> Result<(String, bool), ApiError> {
+    if let (Some(routing), Some(name)) = (&state.routing, headers.get(FORWARDED_FOR)) {
+        let presented = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !routing.is_cluster_secret(presented) {
+            return Err(ApiError::new(
+                401,
+                "invalid_cluster_secret",
+                "forwarded publish without the cluster secret",
+            ));
+        }
+        let name = name
+            .to_str()
+            .map_err(|_| ApiError::bad_request("invalid_header", "bad forwarded-for header"))?;
+        return Ok((name.to_owned(), true));
+    }
+    Ok((state.auth.publisher(headers)?, false))
+}
+
+async fn publish(
+    state: &State,
+    dispatcher: &herald_dispatcher::Dispatcher,
+    publisher: &str,
+    forwarded: bool,
+    items: Vec<PublishItem>,
+) -> Result<Vec<herald_proto::PublishResult>, ApiError> {
+    match &state.routing {
+        // A forwarded request is published where it landed: no second hop, no loops.
+        Some(routing) if !forwarded => routing.publish(dispatcher, publisher, items).await,
+        _ => Ok(dispatcher.publish(publisher, items).await?),
+    }
 }
 
 fn item(r: PublishRequest) -> PublishItem {

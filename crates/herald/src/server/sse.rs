@@ -93,7 +93,7 @@ pub async fn prepare(
         }
     };
     state
-        .node
+        .node()?
         .open_stream(&channels, cursor.as_ref())
         .await
         .map_err(|e| match e {

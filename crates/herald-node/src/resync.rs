@@ -1,0 +1,104 @@
+//! Catches channels up with the store when the fabric says it may have missed messages: a
+//! new subscription becomes active only after the store was read, and a reconnecting
+//! fabric loses what was published while it was away. Without this, a channel that goes
+//! quiet right after such a hole would hold the hole until its next message.
+
+use crate::hub::Slot;
+use crate::message::Message;
+use crate::stats::Counters;
+use crate::Node;
+use futures_util::StreamExt;
+use herald_proto::Position;
+use std::collections::HashSet;
+use std::sync::Arc;
+use tokio::sync::{mpsc, watch};
+
+/// Channels checked against the store at once after a fabric reconnect.
+const CONCURRENCY: usize = 32;
+/// Most messages fetched per channel; a bigger hole is left to client resumes.
+const MAX_REPAIR: usize = 10_000;
+
+pub(crate) async fn run(
+    node: Arc<Node>,
+    mut rx: mpsc::Receiver<Option<Arc<str>>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = stop.changed() => return,
+            r = rx.recv() => match r {
+                Some(r) => r,
+                None => return,
+            },
+        };
+        // Everything queued meanwhile goes in the same round, each channel once.
+        let mut all = first.is_none();
+        let mut names: HashSet<Arc<str>> = first.into_iter().collect();
+        while let Ok(r) = rx.try_recv() {
+            match r {
+                Some(c) => {
+                    names.insert(c);
+                }
+                None => all = true,
+            }
+        }
+        let slots: Vec<Arc<Slot>> = if all {
+            node.hub.slots()
+        } else {
+            names.iter().filter_map(|c| node.hub.get(c)).collect()
+        };
+        let work = futures_util::stream::iter(slots)
+            .map(|slot| {
+                let node = node.clone();
+                async move { catch_up(&node, &slot).await }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect::<Vec<()>>();
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = work => {}
+        }
+    }
+}
+
+async fn catch_up(node: &Node, slot: &Arc<Slot>) {
+    let meta = match node.reads.channel_meta(&slot.channel).await {
+        Ok(Some(m)) => m,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(channel = %slot.channel, error = %e, "resync failed; the next message repairs the gap");
+            return;
+        }
+    };
+    let store_head = Position {
+        epoch: meta.epoch,
+        seq: meta.last_seq,
+    };
+    let here = node.hub.head_or_start(slot, store_head);
+    let same_log = here.epoch == meta.epoch || here.epoch == 0;
+    if !same_log || here.seq >= meta.last_seq {
+        return;
+    }
+    Counters::bump(&node.counters.resync_repairs);
+    let missing = match node
+        .reads
+        .read_range(&slot.channel, here.seq, MAX_REPAIR)
+        .await
+    {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(channel = %slot.channel, error = %e, "resync read failed");
+            return;
+        }
+    };
+    let mut flush = Vec::new();
+    for m in missing.iter() {
+        // The hub drops what the fan-out loop delivered meanwhile, so racing it is safe.
+        node.hub
+            .deliver(&Message::from_stored(slot.channel.clone(), m), &mut flush);
+    }
+    for q in flush {
+        q.flush();
+    }
+}
