@@ -10,7 +10,7 @@ mod codec;
 #[cfg(feature = "nats")]
 mod nats;
 #[cfg(feature = "nats")]
-pub use nats::{NatsFabric, NatsOptions};
+pub use nats::{NatsFabric, NatsOptions, NatsStats};
 
 use async_trait::async_trait;
 use bytes::Bytes;

@@ -58,7 +58,10 @@ pub(crate) async fn run(
             let msg = Message::from_fabric(&fm);
             if let Delivered::Gap { after } = node.hub.deliver(&msg, &mut flush) {
                 repair(&node, &msg, after, &mut flush).await;
-                node.hub.deliver(&msg, &mut flush);
+                if let Delivered::Gap { .. } = node.hub.deliver(&msg, &mut flush) {
+                    node.hub.skip_gap(&msg);
+                    node.hub.deliver(&msg, &mut flush);
+                }
             }
         }
         flush_all(&mut flush, parallel).await;

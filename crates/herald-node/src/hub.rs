@@ -250,6 +250,19 @@ impl Hub {
         }
     }
 
+    /// Moves the channel past a hole the store could not fill (trimmed, or unreadable):
+    /// `msg` is then delivered. Each connection checks its own cursor, so one that would
+    /// skip a message closes instead and resumes from the store (or gets a reset).
+    pub fn skip_gap(&self, msg: &Message) {
+        if let Some(slot) = self.get(&msg.channel) {
+            let mut g = slot.inner.lock();
+            if g.head.is_some_and(|h| h < msg.seq) {
+                g.head = Some(msg.seq - 1);
+                g.epoch = msg.epoch;
+            }
+        }
+    }
+
     /// Every channel this node holds.
     pub fn slots(&self) -> Vec<Arc<Slot>> {
         let mut out = Vec::new();
@@ -341,6 +354,51 @@ mod tests {
             Delivered::Gap { after: 1 }
         ));
         assert_eq!(h.head(&slot), Some(at(1)));
+        // A hole the store cannot fill is stepped over; connections check their cursors.
+        h.skip_gap(&msg(3));
+        assert!(matches!(h.deliver(&msg(3), &mut flush), Delivered::Done));
+        assert_eq!(h.head(&slot), Some(at(3)));
+    }
+
+    #[test]
+    fn first_subscriber_fixes_the_baseline_for_gap_detection() {
+        let h = hub(8);
+        let slot = h.slot("live:h");
+        let mut flush = Vec::new();
+        // Joined at 5 (the store's head) before any message reached this node.
+        assert!(matches!(
+            h.attach(&slot, &queue(64), 0, at(5)),
+            Attached::Live
+        ));
+        assert!(matches!(
+            h.deliver(&msg(7), &mut flush),
+            Delivered::Gap { after: 5 }
+        ));
+        // A brand-new channel: the baseline is epoch 0, seq 0, and seq 1 must come first.
+        let fresh = h.slot("live:h2");
+        let q = Arc::new(ConnQueue::new(
+            64,
+            Transport::Hyper(Arc::new(Notify::new())),
+            Positions::new(vec![herald_proto::channel_hash("live:h2")]),
+            Arc::default(),
+        ));
+        assert!(matches!(
+            h.attach(&fresh, &q, 0, Position::default()),
+            Attached::Live
+        ));
+        let m = Message::from_fabric(&FabricMessage {
+            channel: Arc::from("live:h2"),
+            epoch: 7,
+            seq: 2,
+            ts_ms: 1,
+            event: Arc::from("message"),
+            data: Bytes::from_static(b"{}"),
+            conflation_key: None,
+        });
+        assert!(matches!(
+            h.deliver(&m, &mut flush),
+            Delivered::Gap { after: 0 }
+        ));
     }
 
     #[test]

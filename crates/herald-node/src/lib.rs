@@ -154,13 +154,14 @@ impl Node {
     }
 
     /// Prepares a stream of `channels` (already validated and authorized), resuming each
-    /// from `cursor` where it names the channel and starting the others at their current
-    /// head. Reserves a connection slot; the plan is then served on a socket of its own
+    /// from `cursor` where it names the channel; the others resume after `user`'s ack of
+    /// them if there is one (offline delivery), else start at their current head. Reserves a connection slot; the plan is then served on a socket of its own
     /// ([`StreamPlan::serve`]) or as a hyper body ([`StreamPlan::into_body`]).
     pub async fn open_stream(
         self: &Arc<Self>,
         channels: &[String],
         cursor: Option<&Cursor>,
+        user: Option<&str>,
     ) -> Result<StreamPlan, NodeError> {
         if *self.stop.borrow() {
             return Err(NodeError::ShuttingDown);
@@ -190,7 +191,18 @@ impl Node {
         for (idx, ch) in channels.iter().enumerate() {
             let hash = herald_proto::channel_hash(ch);
             let slot = self.hub.slot(ch);
-            let named = cursor.and_then(|c| c.get_hash(hash));
+            let mut named = cursor.and_then(|c| c.get_hash(hash));
+            if let (None, Some(user)) = (named, user) {
+                named = self
+                    .reads
+                    .ack(ch, user)
+                    .await
+                    .map_err(NodeError::Store)?
+                    .map(|a| herald_proto::Position {
+                        epoch: a.epoch,
+                        seq: a.last_seq,
+                    });
+            }
             let resume = match named {
                 Some(p) => p,
                 None => self.live_position(&slot).await?,

@@ -124,6 +124,20 @@ impl Reads {
         r.map_err(|e| e.to_string())
     }
 
+    /// `user`'s acked position on `channel`.
+    pub async fn ack(&self, channel: &str, user: &str) -> Result<Option<ChannelMeta>, String> {
+        let ack = self
+            .store
+            .ack_get(channel, user)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(ack.map(|a| ChannelMeta {
+            epoch: a.epoch,
+            last_seq: a.seq,
+            first_seq: 0,
+        }))
+    }
+
     fn count(&self, joined: bool) {
         if joined {
             self.joined.fetch_add(1, Relaxed);

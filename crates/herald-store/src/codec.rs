@@ -31,6 +31,13 @@ pub fn seq_of_key(key: &[u8], prefix_len: usize) -> Result<u64, StoreError> {
     Ok(u64::from_be_bytes(to_array(raw)))
 }
 
+/// `[len u8][channel][user]`: a channel's acks sort together, by user.
+pub fn ack_key(channel: &str, user: &str) -> Result<Vec<u8>, StoreError> {
+    let mut out = channel_prefix(channel)?;
+    out.extend_from_slice(user.as_bytes());
+    Ok(out)
+}
+
 /// `[len u8][channel][idempotency key]`.
 pub fn idempotency_key(channel: &str, key: &str) -> Result<Vec<u8>, StoreError> {
     let mut out = channel_prefix(channel)?;

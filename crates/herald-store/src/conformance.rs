@@ -1,7 +1,7 @@
 //! The behaviour every [`Store`] backend must show. Backends' test suites call [`run_all`]
 //! with a fresh, empty store; each check uses channels of its own so they can share one.
 
-use crate::{AppendBatch, AppendEntry, Retention, Store, StoreError};
+use crate::{Ack, AppendBatch, AppendEntry, Retention, Store, StoreError};
 use bytes::Bytes;
 use std::time::Duration;
 
@@ -16,6 +16,41 @@ pub async fn run_all<S: Store + ?Sized>(store: &S) -> Result<(), StoreError> {
     trim_by_age(store).await?;
     trim_many_channels(store).await?;
     lists_channels(store).await?;
+    acks_move_forward_only(store).await?;
+    Ok(())
+}
+
+pub async fn acks_move_forward_only<S: Store + ?Sized>(store: &S) -> Result<(), StoreError> {
+    let at = |epoch, seq| Ack {
+        epoch,
+        seq,
+        ts_ms: 5,
+    };
+    assert_eq!(store.ack_get("conf:acks", "ann").await?, None);
+    assert_eq!(store.ack_set("conf:acks", "ann", at(7, 3)).await?, at(7, 3));
+    // An older ack (a slower device) does not move the cursor back.
+    assert_eq!(store.ack_set("conf:acks", "ann", at(7, 2)).await?, at(7, 3));
+    assert_eq!(store.ack_set("conf:acks", "ann", at(7, 9)).await?, at(7, 9));
+    // A later epoch (the log was recreated) wins whatever its seq.
+    assert_eq!(store.ack_set("conf:acks", "ann", at(8, 1)).await?, at(8, 1));
+    assert_eq!(store.ack_get("conf:acks", "ann").await?, Some(at(8, 1)));
+    store.ack_set("conf:acks", "bob", at(7, 4)).await?;
+    store.ack_set("conf:acks", "cy", at(7, 5)).await?;
+    store.ack_set("conf:acks2", "ann", at(7, 6)).await?;
+    let all = store.acks("conf:acks", "", 10).await?;
+    let users: Vec<&str> = all.iter().map(|(u, _)| u.as_str()).collect();
+    assert_eq!(
+        users,
+        vec!["ann", "bob", "cy"],
+        "acks of one channel, by user"
+    );
+    let page = store.acks("conf:acks", "ann", 1).await?;
+    assert_eq!(
+        page,
+        vec![("bob".to_owned(), at(7, 4))],
+        "paged after a user"
+    );
+    assert_eq!(store.ack_get("conf:acks2", "bob").await?, None);
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 
 use crate::codec;
 use crate::{
-    AppendBatch, BlockingStore, ChannelMeta, IdempotencyRecord, Retention, Store, StoreError,
+    Ack, AppendBatch, BlockingStore, ChannelMeta, IdempotencyRecord, Retention, Store, StoreError,
     StoredMessage, TrimOutcome,
 };
 use async_trait::async_trait;
@@ -39,6 +39,8 @@ struct Inner {
     heads: Keyspace,
     lows: Keyspace,
     idempotency: Keyspace,
+    acks: Keyspace,
+    ack_lock: std::sync::Mutex<()>,
     fsync: bool,
 }
 
@@ -60,6 +62,7 @@ impl FjallStore {
         let heads = db.keyspace("heads", KeyspaceCreateOptions::default)?;
         let lows = db.keyspace("lows", KeyspaceCreateOptions::default)?;
         let idempotency = db.keyspace("idempotency", KeyspaceCreateOptions::default)?;
+        let acks = db.keyspace("acks", KeyspaceCreateOptions::default)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
@@ -67,6 +70,8 @@ impl FjallStore {
                 heads,
                 lows,
                 idempotency,
+                acks,
+                ack_lock: std::sync::Mutex::new(()),
                 fsync: opts.fsync,
             }),
         })
@@ -323,6 +328,77 @@ impl Store for FjallStore {
                     detail: "name not utf-8".into(),
                 })?;
                 out.push(name.to_owned());
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn ack_set(&self, channel: &str, user: &str, ack: Ack) -> Result<Ack, StoreError> {
+        let key = codec::ack_key(channel, user)?;
+        self.blocking(move |s| {
+            // One sequencer thread does not serialize acks: a lock per store keeps the
+            // read-compare-write of concurrent acks of one user in order.
+            let _g = s
+                .ack_lock
+                .lock()
+                .map_err(|_| StoreError::Task("ack lock poisoned".into()))?;
+            if let Some(raw) = s.acks.get(&key)? {
+                let [epoch, seq, ts_ms] = codec::decode_u64s::<3>("ack", &raw)?;
+                let current = Ack { epoch, seq, ts_ms };
+                if !ack.is_after(&current) {
+                    return Ok(current);
+                }
+            }
+            s.acks
+                .insert(&key, codec::encode_u64s([ack.epoch, ack.seq, ack.ts_ms]))?;
+            if s.fsync {
+                s.db.persist(PersistMode::SyncAll)?;
+            }
+            Ok(ack)
+        })
+        .await
+    }
+
+    async fn ack_get(&self, channel: &str, user: &str) -> Result<Option<Ack>, StoreError> {
+        let key = codec::ack_key(channel, user)?;
+        self.blocking(move |s| {
+            let Some(raw) = s.acks.get(&key)? else {
+                return Ok(None);
+            };
+            let [epoch, seq, ts_ms] = codec::decode_u64s::<3>("ack", &raw)?;
+            Ok(Some(Ack { epoch, seq, ts_ms }))
+        })
+        .await
+    }
+
+    async fn acks(
+        &self,
+        channel: &str,
+        after_user: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Ack)>, StoreError> {
+        let prefix = codec::channel_prefix(channel)?;
+        let mut start = codec::ack_key(channel, after_user)?;
+        // Strictly after `after_user`: the smallest key greater than it.
+        start.push(0);
+        self.blocking(move |s| {
+            let mut out = Vec::new();
+            for guard in s.acks.range(start..) {
+                if out.len() >= limit {
+                    break;
+                }
+                let (key, value) = guard.into_inner()?;
+                if !key.starts_with(&prefix) {
+                    break;
+                }
+                let user =
+                    std::str::from_utf8(&key[prefix.len()..]).map_err(|_| StoreError::Corrupt {
+                        what: "ack",
+                        detail: "user not utf-8".into(),
+                    })?;
+                let [epoch, seq, ts_ms] = codec::decode_u64s::<3>("ack", &value)?;
+                out.push((user.to_owned(), Ack { epoch, seq, ts_ms }));
             }
             Ok(out)
         })

@@ -14,7 +14,8 @@ pub use fjall_store::{FjallOptions, FjallStore};
 #[cfg(feature = "scylla")]
 pub use scylla_store::{Member, ScyllaOptions, ScyllaStore};
 pub use types::{
-    AppendBatch, AppendEntry, ChannelMeta, IdempotencyRecord, Retention, StoredMessage, TrimOutcome,
+    Ack, AppendBatch, AppendEntry, ChannelMeta, IdempotencyRecord, Retention, StoredMessage,
+    TrimOutcome,
 };
 
 use async_trait::async_trait;
@@ -86,6 +87,21 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every channel that has ever been written (for retention sweeps).
     async fn list_channels(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Records `user`'s last processed position on `channel` unless a later one is already
+    /// recorded; returns the ack now on record.
+    async fn ack_set(&self, channel: &str, user: &str, ack: Ack) -> Result<Ack, StoreError>;
+
+    /// `user`'s last processed position on `channel`, if any.
+    async fn ack_get(&self, channel: &str, user: &str) -> Result<Option<Ack>, StoreError>;
+
+    /// The acks of `channel`, by user name, starting after `after_user`, at most `limit`.
+    async fn acks(
+        &self,
+        channel: &str,
+        after_user: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Ack)>, StoreError>;
 
     /// Removes idempotency records that expired before `now_ms`; returns how many.
     async fn expire_idempotency(&self, now_ms: u64) -> Result<u64, StoreError>;

@@ -10,7 +10,7 @@
 //! loser gets [`StoreError::Conflict`]. Everything runs at QUORUM, conditions at SERIAL.
 
 use crate::{
-    AppendBatch, AppendEntry, ChannelMeta, IdempotencyRecord, Retention, Store, StoreError,
+    Ack, AppendBatch, AppendEntry, ChannelMeta, IdempotencyRecord, Retention, Store, StoreError,
     StoredMessage, TrimOutcome,
 };
 use async_trait::async_trait;
@@ -113,6 +113,9 @@ struct Statements {
     heartbeat: PreparedStatement,
     leave: PreparedStatement,
     members: PreparedStatement,
+    get_ack: PreparedStatement,
+    set_ack: PreparedStatement,
+    list_acks: PreparedStatement,
 }
 
 struct Inner {
@@ -511,6 +514,18 @@ impl ScyllaStore {
             ))
             .await?,
             members: p(format!("SELECT id, addr FROM {ks}.members WHERE role = ?")).await?,
+            get_ack: p(format!(
+                "SELECT epoch, seq, ts FROM {ks}.acks WHERE channel = ? AND user = ?"
+            ))
+            .await?,
+            set_ack: p(format!(
+                "INSERT INTO {ks}.acks (channel, user, epoch, seq, ts) VALUES (?, ?, ?, ?, ?)"
+            ))
+            .await?,
+            list_acks: p(format!(
+                "SELECT user, epoch, seq, ts FROM {ks}.acks WHERE channel = ? AND user > ? LIMIT ?"
+            ))
+            .await?,
         })
     }
 
@@ -1010,6 +1025,85 @@ impl Store for ScyllaStore {
         let mut out = Vec::new();
         while let Some((c,)) = stream.try_next().await.map_err(eng!("list channels"))? {
             out.push(c);
+        }
+        Ok(out)
+    }
+
+    /// Read, compare, write: two acks of one user racing may leave the older one (a
+    /// client then resumes a little earlier and sees messages again, never fewer).
+    async fn ack_set(&self, channel: &str, user: &str, ack: Ack) -> Result<Ack, StoreError> {
+        if let Some(current) = self.ack_get(channel, user).await? {
+            if !ack.is_after(&current) {
+                return Ok(current);
+            }
+        }
+        let st = self.statements().await?;
+        self.inner
+            .session
+            .execute_unpaged(
+                &st.set_ack,
+                (
+                    channel,
+                    user,
+                    to_i64("epoch", ack.epoch)?,
+                    to_i64("seq", ack.seq)?,
+                    to_i64("ts", ack.ts_ms)?,
+                ),
+            )
+            .await
+            .map_err(eng!("write ack"))?;
+        Ok(ack)
+    }
+
+    async fn ack_get(&self, channel: &str, user: &str) -> Result<Option<Ack>, StoreError> {
+        let st = self.statements().await?;
+        let res = self
+            .inner
+            .session
+            .execute_unpaged(&st.get_ack, (channel, user))
+            .await
+            .map_err(eng!("read ack"))?;
+        let row = rows(res, "read ack")?
+            .maybe_first_row::<(i64, i64, i64)>()
+            .map_err(eng!("read ack"))?;
+        row.map(|(epoch, seq, ts)| {
+            Ok(Ack {
+                epoch: to_u64("ack", epoch)?,
+                seq: to_u64("ack", seq)?,
+                ts_ms: to_u64("ack", ts)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn acks(
+        &self,
+        channel: &str,
+        after_user: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Ack)>, StoreError> {
+        let st = self.statements().await?;
+        let n = i32::try_from(limit).unwrap_or(i32::MAX);
+        let res = self
+            .inner
+            .session
+            .execute_unpaged(&st.list_acks, (channel, after_user, n))
+            .await
+            .map_err(eng!("list acks"))?;
+        let mut out = Vec::new();
+        for r in rows(res, "list acks")?
+            .rows::<(String, i64, i64, i64)>()
+            .map_err(eng!("list acks"))?
+        {
+            let (user, epoch, seq, ts) = r.map_err(eng!("list acks"))?;
+            out.push((
+                user,
+                Ack {
+                    epoch: to_u64("ack", epoch)?,
+                    seq: to_u64("ack", seq)?,
+                    ts_ms: to_u64("ack", ts)?,
+                },
+            ));
         }
         Ok(out)
     }

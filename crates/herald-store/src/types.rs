@@ -53,6 +53,23 @@ pub struct IdempotencyRecord {
     pub expires_at_ms: u64,
 }
 
+/// A user's last processed position on a channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ack {
+    pub epoch: u64,
+    pub seq: u64,
+    /// When it was recorded (ms since the Unix epoch).
+    pub ts_ms: u64,
+}
+
+impl Ack {
+    /// Whether this ack is past `other`: a later epoch (epochs are creation times) or a
+    /// higher seq in the same one. An older ack never replaces a newer one.
+    pub fn is_after(&self, other: &Ack) -> bool {
+        (self.epoch, self.seq) > (other.epoch, other.seq)
+    }
+}
+
 /// How much of a channel's log to keep.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Retention {

@@ -19,6 +19,14 @@ pub enum Subscriber {
 }
 
 impl Subscriber {
+    /// The user the token names (`sub`), if any: acks and offline delivery need one.
+    pub fn user(&self) -> Option<&str> {
+        match self {
+            Subscriber::Token(c) if !c.sub.is_empty() => Some(&c.sub),
+            _ => None,
+        }
+    }
+
     pub fn may_read(&self, channel: &str) -> bool {
         match self {
             Subscriber::Token(c) => c.allows(channel),

@@ -5,7 +5,7 @@
 
 use async_trait::async_trait;
 use herald_store::{
-    AppendBatch, ChannelMeta, IdempotencyRecord, Retention, ScyllaOptions, ScyllaStore, Store,
+    Ack, AppendBatch, ChannelMeta, IdempotencyRecord, Retention, ScyllaOptions, ScyllaStore, Store,
     StoreError, StoredMessage, TrimOutcome,
 };
 use parking_lot::Mutex;
@@ -119,6 +119,23 @@ impl Store for ConnectingStore {
 
     async fn list_channels(&self) -> Result<Vec<String>, StoreError> {
         self.get()?.list_channels().await
+    }
+
+    async fn ack_set(&self, channel: &str, user: &str, ack: Ack) -> Result<Ack, StoreError> {
+        self.get()?.ack_set(channel, user, ack).await
+    }
+
+    async fn ack_get(&self, channel: &str, user: &str) -> Result<Option<Ack>, StoreError> {
+        self.get()?.ack_get(channel, user).await
+    }
+
+    async fn acks(
+        &self,
+        channel: &str,
+        after_user: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Ack)>, StoreError> {
+        self.get()?.acks(channel, after_user, limit).await
     }
 
     async fn expire_idempotency(&self, now_ms: u64) -> Result<u64, StoreError> {

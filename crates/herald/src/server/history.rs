@@ -15,9 +15,25 @@ const MAX_LIMIT: usize = 1000;
 
 /// The percent-encoded channel of a history path, if `path` is one.
 pub fn channel_of(path: &str) -> Option<&str> {
+    channel_path(path, "/history")
+}
+
+/// The (still percent-encoded) channel of `/v1/channels/{ch}{suffix}`.
+pub fn channel_path<'a>(path: &'a str, suffix: &str) -> Option<&'a str> {
     path.strip_prefix("/v1/channels/")?
-        .strip_suffix("/history")
+        .strip_suffix(suffix)
         .filter(|c| !c.is_empty() && !c.contains('/'))
+}
+
+/// A channel named in a path: percent-decoded and validated.
+pub fn decode_channel(raw: &str) -> Result<String, ApiError> {
+    let channel = percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| ApiError::bad_request("invalid_channel", "channel is not UTF-8"))?
+        .into_owned();
+    herald_proto::validate_channel(&channel)
+        .map_err(|e| ApiError::bad_request("invalid_channel", e.to_string()))?;
+    Ok(channel)
 }
 
 pub async fn handle(
@@ -26,12 +42,7 @@ pub async fn handle(
 ) -> Result<Response<ResponseBody>, ApiError> {
     let raw = channel_of(req.uri().path())
         .ok_or_else(|| ApiError::new(404, "not_found", "no such route"))?;
-    let channel = percent_encoding::percent_decode_str(raw)
-        .decode_utf8()
-        .map_err(|_| ApiError::bad_request("invalid_channel", "channel is not UTF-8"))?
-        .into_owned();
-    herald_proto::validate_channel(&channel)
-        .map_err(|e| ApiError::bad_request("invalid_channel", e.to_string()))?;
+    let channel = decode_channel(raw)?;
     let mut after = 0u64;
     let mut limit = DEFAULT_LIMIT;
     let mut token = None;

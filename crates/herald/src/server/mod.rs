@@ -1,6 +1,7 @@
 //! The HTTP server: accepts connections, serves them with hyper, and shuts down gracefully
 //! (stop accepting, end streams with a jittered `retry:`, finish in-flight publishes, flush).
 
+mod ack;
 pub mod body;
 pub mod cors;
 pub mod error;

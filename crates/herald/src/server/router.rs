@@ -2,7 +2,7 @@
 
 use super::body::ResponseBody;
 use super::error::ApiError;
-use super::{history, ops, publish, sse, State};
+use super::{ack, history, ops, publish, sse, State};
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use std::sync::Arc;
@@ -44,9 +44,9 @@ async fn route(
     }
     let allowed: &str = match path.as_str() {
         "/v1/sse" => "GET",
-        "/v1/publish" | "/v1/publish/batch" => "POST",
+        "/v1/publish" | "/v1/publish/batch" | "/v1/ack" => "POST",
         "/healthz" | "/readyz" | "/metrics" => "GET",
-        p if history::channel_of(p).is_some() => "GET",
+        p if history::channel_of(p).is_some() || ack::is_acks_path(p) => "GET",
         _ => {
             return Err(ApiError::new(
                 404,
@@ -70,6 +70,8 @@ async fn route(
         "/healthz" => Ok(ops::healthz()),
         "/readyz" => Ok(ops::readyz(state).await),
         "/metrics" => Ok(ops::metrics(state)),
+        "/v1/ack" => ack::post(state, req).await,
+        p if ack::is_acks_path(p) => ack::list(state, req).await,
         _ => history::handle(state, req).await,
     }
 }

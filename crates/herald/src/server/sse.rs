@@ -94,7 +94,7 @@ pub async fn prepare(
     };
     state
         .node()?
-        .open_stream(&channels, cursor.as_ref())
+        .open_stream(&channels, cursor.as_ref(), subscriber.user())
         .await
         .map_err(|e| match e {
             NodeError::TooManyConnections => {

@@ -1,8 +1,11 @@
 //! Integration tests: the real `herald` binary on 127.0.0.1:0, driven over real sockets by
 //! real clients (herald-client, reqwest, raw TCP, and the `eventsource-client` crate).
 
+mod acks;
 mod bad_input;
 mod bench;
+mod cluster;
+mod cluster_support;
 mod common;
 mod crash;
 mod lifecycle;

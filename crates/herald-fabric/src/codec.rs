@@ -1,0 +1,264 @@
+//! The NATS payload of a [`FabricMessage`]: a compact binary header followed by the
+//! publisher's data, so a node decodes a message without copying its data.
+//!
+//! Layout (version 1):
+//!
+//! ```text
+//! u8 version = 1
+//! varint epoch, varint seq, varint ts_ms            (LEB128, at most 10 bytes each)
+//! varint len, len bytes                              event name (UTF-8)
+//! varint 0 | varint len+1, len bytes                 conflation key (UTF-8), 0 = none
+//! rest                                               data
+//! ```
+//!
+//! The channel is not in the payload: the subject carries it.
+
+use crate::FabricMessage;
+use bytes::{BufMut, Bytes, BytesMut};
+use std::sync::Arc;
+use thiserror::Error;
+
+const VERSION: u8 = 1;
+
+/// Why a payload is not a valid fabric message.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("empty payload")]
+    Empty,
+    #[error("unsupported payload version {0}")]
+    Version(u8),
+    #[error("payload ends inside the {0}")]
+    Truncated(&'static str),
+    #[error("the {0} varint does not fit in 64 bits")]
+    Overflow(&'static str),
+    #[error("the {0} is not UTF-8")]
+    Utf8(&'static str),
+}
+
+/// Encodes everything of `m` but its channel.
+pub fn encode(m: &FabricMessage) -> Bytes {
+    let key_len = m.conflation_key.as_ref().map_or(0, |k| k.len());
+    let mut buf =
+        BytesMut::with_capacity(1 + 3 * 10 + 2 * 10 + m.event.len() + key_len + m.data.len());
+    buf.put_u8(VERSION);
+    put_varint(&mut buf, m.epoch);
+    put_varint(&mut buf, m.seq);
+    put_varint(&mut buf, m.ts_ms);
+    put_varint(&mut buf, m.event.len() as u64);
+    buf.put_slice(m.event.as_bytes());
+    match &m.conflation_key {
+        None => put_varint(&mut buf, 0),
+        Some(k) => {
+            put_varint(&mut buf, k.len() as u64 + 1);
+            buf.put_slice(k.as_bytes());
+        }
+    }
+    buf.put_slice(&m.data);
+    buf.freeze()
+}
+
+/// Decodes a payload received on `channel`'s subject; `data` shares `payload`'s memory.
+pub fn decode(channel: Arc<str>, payload: Bytes) -> Result<FabricMessage, DecodeError> {
+    let mut r = Reader {
+        buf: &payload,
+        pos: 0,
+    };
+    let version = r.byte().ok_or(DecodeError::Empty)?;
+    if version != VERSION {
+        return Err(DecodeError::Version(version));
+    }
+    let epoch = r.varint("epoch")?;
+    let seq = r.varint("seq")?;
+    let ts_ms = r.varint("timestamp")?;
+    let event_len = r.varint("event length")?;
+    let event = r.str(event_len, "event")?;
+    let key = match r.varint("conflation key length")? {
+        0 => None,
+        n => Some(r.str(n - 1, "conflation key")?),
+    };
+    let data = payload.slice(r.pos..);
+    Ok(FabricMessage {
+        channel,
+        epoch,
+        seq,
+        ts_ms,
+        event: Arc::from(event),
+        data,
+        conflation_key: key.map(Arc::from),
+    })
+}
+
+fn put_varint(buf: &mut BytesMut, mut v: u64) {
+    while v >= 0x80 {
+        buf.put_u8((v as u8) | 0x80);
+        v >>= 7;
+    }
+    buf.put_u8(v as u8);
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn byte(&mut self) -> Option<u8> {
+        let b = *self.buf.get(self.pos)?;
+        self.pos += 1;
+        Some(b)
+    }
+
+    fn varint(&mut self, what: &'static str) -> Result<u64, DecodeError> {
+        let mut v: u64 = 0;
+        for i in 0..10 {
+            let b = self.byte().ok_or(DecodeError::Truncated(what))?;
+            // The tenth byte holds bit 63 only; anything more would be silently lost.
+            if i == 9 && b > 1 {
+                return Err(DecodeError::Overflow(what));
+            }
+            v |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(DecodeError::Overflow(what))
+    }
+
+    fn str(&mut self, len: u64, what: &'static str) -> Result<&'a str, DecodeError> {
+        let rest = &self.buf[self.pos..];
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|&l| l <= rest.len())
+            .ok_or(DecodeError::Truncated(what))?;
+        let s = std::str::from_utf8(&rest[..len]).map_err(|_| DecodeError::Utf8(what))?;
+        self.pos += len;
+        Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn msg() -> FabricMessage {
+        FabricMessage {
+            channel: Arc::from("live:a.b"),
+            epoch: 7,
+            seq: 300,
+            ts_ms: 1_700_000_000_000,
+            event: Arc::from("comment"),
+            data: Bytes::from_static(br#"{"text":"hi"}"#),
+            conflation_key: None,
+        }
+    }
+
+    type Fields = (Arc<str>, u64, u64, u64, Arc<str>, Bytes, Option<Arc<str>>);
+
+    fn fields(m: &FabricMessage) -> Fields {
+        (
+            m.channel.clone(),
+            m.epoch,
+            m.seq,
+            m.ts_ms,
+            m.event.clone(),
+            m.data.clone(),
+            m.conflation_key.clone(),
+        )
+    }
+
+    fn assert_same(a: &FabricMessage, b: &FabricMessage) {
+        assert_eq!(fields(a), fields(b));
+    }
+
+    fn err(payload: &[u8]) -> DecodeError {
+        decode(Arc::from("c"), Bytes::copy_from_slice(payload)).unwrap_err()
+    }
+
+    #[test]
+    fn round_trip_and_data_is_a_slice_of_the_payload() {
+        let m = msg();
+        let payload = encode(&m);
+        let got = decode(m.channel.clone(), payload.clone()).unwrap();
+        assert_same(&m, &got);
+        let end = payload.as_ptr() as usize + payload.len();
+        assert_eq!(got.data.as_ptr() as usize + got.data.len(), end);
+    }
+
+    #[test]
+    fn empty_key_differs_from_no_key() {
+        let mut m = msg();
+        m.conflation_key = Some(Arc::from(""));
+        let got = decode(m.channel.clone(), encode(&m)).unwrap();
+        assert_eq!(got.conflation_key.as_deref(), Some(""));
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        assert_eq!(err(&[]), DecodeError::Empty);
+        assert_eq!(err(&[2, 0, 0, 0]), DecodeError::Version(2));
+        assert_eq!(err(&[1, 0x80]), DecodeError::Truncated("epoch"));
+        let overflow = [
+            1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02,
+        ];
+        assert_eq!(err(&overflow), DecodeError::Overflow("epoch"));
+        assert_eq!(err(&[1, 0, 0, 0, 5, b'a']), DecodeError::Truncated("event"));
+        assert_eq!(err(&[1, 0, 0, 0, 1, 0xff, 0]), DecodeError::Utf8("event"));
+        assert_eq!(
+            err(&[1, 0, 0, 0, 0, 3, b'k']),
+            DecodeError::Truncated("conflation key")
+        );
+        // A length near u64::MAX must not overflow the bounds arithmetic.
+        let huge = [
+            1, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+        ];
+        assert_eq!(err(&huge), DecodeError::Truncated("conflation key"));
+    }
+
+    #[test]
+    fn u64_max_round_trips() {
+        let mut m = msg();
+        m.epoch = u64::MAX;
+        m.seq = u64::MAX;
+        m.ts_ms = u64::MAX;
+        assert_same(&m, &decode(m.channel.clone(), encode(&m)).unwrap());
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = decode(Arc::from("c"), Bytes::from(bytes));
+        }
+
+        #[test]
+        fn arbitrary_header_prefix_never_panics(
+            head in proptest::collection::vec(prop_oneof![Just(0u8), Just(1), Just(0x7f), Just(0x80), Just(0xff), any::<u8>()], 0..32),
+        ) {
+            let mut bytes = vec![1u8];
+            bytes.extend(head);
+            let _ = decode(Arc::from("c"), Bytes::from(bytes));
+        }
+
+        #[test]
+        fn encode_decode_round_trips(
+            epoch in any::<u64>(),
+            seq in any::<u64>(),
+            ts_ms in any::<u64>(),
+            event in "\\PC{0,40}",
+            key in proptest::option::of("\\PC{0,40}"),
+            data in proptest::collection::vec(any::<u8>(), 0..256),
+        ) {
+            let m = FabricMessage {
+                channel: Arc::from("live:x"),
+                epoch,
+                seq,
+                ts_ms,
+                event: Arc::from(event.as_str()),
+                data: Bytes::from(data),
+                conflation_key: key.as_deref().map(Arc::from),
+            };
+            let got = decode(m.channel.clone(), encode(&m)).unwrap();
+            prop_assert_eq!(fields(&got), fields(&m));
+        }
+    }
+}
