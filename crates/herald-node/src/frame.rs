@@ -115,7 +115,7 @@ fn frame_shared(item: &Item, positions: &mut Positions) -> Option<Shared> {
             Accept::Skip => Shared::Skip,
             Accept::Gap => Shared::Gap,
         }),
-        Item::Ephemeral(m, _) => Some(Shared::Write(m.body.clone())),
+        Item::Ephemeral(m, ..) => Some(Shared::Write(m.body.clone())),
         Item::Raw(b) => Some(Shared::Write(b.clone())),
         _ => None,
     }
@@ -180,7 +180,7 @@ fn frame_into(items: &mut VecDeque<Item>, positions: &mut Positions, out: &mut V
                     return f;
                 }
             },
-            Item::Ephemeral(m, _) => {
+            Item::Ephemeral(m, ..) => {
                 f.delivered += 1;
                 out.extend_from_slice(&m.body);
             }

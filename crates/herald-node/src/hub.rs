@@ -3,8 +3,9 @@
 //! position: everything after it is either handed over from the ring or fanned out live.
 
 use crate::message::Message;
-use crate::queue::{ConnQueue, Item, Pushed};
+use crate::queue::{ConnQueue, Item, Pushed, SlowPolicy};
 use crate::stats::Counters;
+use crate::SlowPolicies;
 use herald_fabric::Fabric;
 use herald_proto::Position;
 use parking_lot::{Mutex, RwLock};
@@ -18,6 +19,8 @@ const SHARDS: usize = 64;
 /// One channel on this node.
 pub struct Slot {
     pub channel: Arc<str>,
+    /// What the channel's namespace does with ephemeral messages for full queues.
+    policy: SlowPolicy,
     inner: Mutex<SlotInner>,
 }
 
@@ -52,15 +55,22 @@ pub struct Hub {
     ring_cap: usize,
     fabric: Arc<dyn Fabric>,
     counters: Arc<Counters>,
+    policies: SlowPolicies,
 }
 
 impl Hub {
-    pub(crate) fn new(ring_cap: usize, fabric: Arc<dyn Fabric>, counters: Arc<Counters>) -> Self {
+    pub(crate) fn new(
+        ring_cap: usize,
+        fabric: Arc<dyn Fabric>,
+        counters: Arc<Counters>,
+        policies: SlowPolicies,
+    ) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             ring_cap,
             fabric,
             counters,
+            policies,
         }
     }
 
@@ -85,6 +95,7 @@ impl Hub {
         let name: Arc<str> = Arc::from(channel);
         let slot = Arc::new(Slot {
             channel: name.clone(),
+            policy: self.policies.for_channel(channel),
             inner: Mutex::new(SlotInner {
                 ring: VecDeque::new(),
                 epoch: 0,
@@ -133,7 +144,7 @@ impl Hub {
         while i < g.subs.len() {
             let (q, idx) = &g.subs[i];
             let item = if msg.is_ephemeral() {
-                Item::Ephemeral(msg.clone(), *idx)
+                Item::Ephemeral(msg.clone(), *idx, slot.policy)
             } else {
                 Item::Reliable(msg.clone(), *idx)
             };
@@ -144,13 +155,18 @@ impl Hub {
             match pushed {
                 Pushed::Queued => {}
                 Pushed::Conflated => Counters::bump(&self.counters.ephemeral_conflated),
+                Pushed::Evicted => Counters::bump(&self.counters.ephemeral_evicted),
                 Pushed::Dropped => {
                     if !q.is_closed() {
                         Counters::bump(&self.counters.ephemeral_dropped);
                     }
                 }
                 Pushed::Overflow => {
-                    Counters::bump(&self.counters.slow_disconnects);
+                    Counters::bump(if msg.is_ephemeral() {
+                        &self.counters.ephemeral_disconnects
+                    } else {
+                        &self.counters.slow_disconnects
+                    });
                     g.subs.swap_remove(i);
                     self.counters.subscriptions.fetch_sub(1, Relaxed);
                     continue;
@@ -314,7 +330,12 @@ mod tests {
 
     fn hub(ring: usize) -> Hub {
         let (fabric, _rx) = herald_fabric::in_process(16);
-        Hub::new(ring, Arc::new(fabric), Arc::default())
+        Hub::new(
+            ring,
+            Arc::new(fabric),
+            Arc::default(),
+            SlowPolicies::default(),
+        )
     }
 
     fn msg(seq: u64) -> Arc<Message> {

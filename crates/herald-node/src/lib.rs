@@ -16,7 +16,7 @@ mod stats;
 mod stream;
 
 pub use message::Message;
-pub use queue::{CloseReason, Transport};
+pub use queue::{CloseReason, SlowPolicy, Transport};
 pub use stats::NodeStats;
 pub use stream::{SseBody, StreamTask};
 
@@ -59,6 +59,24 @@ pub struct NodeConfig {
     pub replay_page: usize,
     /// A channel without subscribers is forgotten after this long.
     pub channel_idle: Duration,
+    /// What each namespace does with ephemeral messages for full queues.
+    pub slow_policies: SlowPolicies,
+}
+
+/// Slow-consumer policy of ephemeral messages, per namespace.
+#[derive(Clone, Debug, Default)]
+pub struct SlowPolicies {
+    pub default: SlowPolicy,
+    pub namespaces: std::collections::HashMap<String, SlowPolicy>,
+}
+
+impl SlowPolicies {
+    pub fn for_channel(&self, channel: &str) -> SlowPolicy {
+        self.namespaces
+            .get(herald_proto::namespace_of(channel))
+            .copied()
+            .unwrap_or(self.default)
+    }
 }
 
 impl Default for NodeConfig {
@@ -74,6 +92,7 @@ impl Default for NodeConfig {
             max_channels_per_stream: 64,
             replay_page: 512,
             channel_idle: Duration::from_secs(60),
+            slow_policies: SlowPolicies::default(),
         }
     }
 }
@@ -116,7 +135,12 @@ impl Node {
         let counters = Arc::new(Counters::default());
         let (stop, stop_rx) = watch::channel(false);
         let node = Arc::new(Self {
-            hub: hub::Hub::new(config.ring_cap, fabric.clone(), counters.clone()),
+            hub: hub::Hub::new(
+                config.ring_cap,
+                fabric.clone(),
+                counters.clone(),
+                config.slow_policies.clone(),
+            ),
             reads: reads::Reads::new(store),
             fabric,
             config,

@@ -15,6 +15,8 @@ pub struct Message {
     /// 0 for ephemeral messages.
     pub seq: u64,
     pub conflation_key: Option<Arc<str>>,
+    /// The event name (what the `conflate` policy conflates unkeyed ephemeral messages by).
+    pub event: Arc<str>,
     /// `event:` and `data:` lines and the blank line; no `id:`.
     pub body: Bytes,
     /// `id:` for a stream of just this channel, then `body`. Empty for ephemeral messages.
@@ -77,6 +79,7 @@ impl Message {
             epoch,
             seq,
             conflation_key,
+            event: Arc::from(event),
             body: Bytes::from(body),
             single,
         })

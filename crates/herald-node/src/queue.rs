@@ -22,13 +22,53 @@ use tokio::sync::Notify;
 pub enum Item {
     /// A reliable message of the stream's channel number `.1`.
     Reliable(Arc<Message>, u16),
-    Ephemeral(Arc<Message>, u16),
+    /// An ephemeral message, and what its namespace does when the queue is full.
+    Ephemeral(Arc<Message>, u16, SlowPolicy),
     /// Set the starting position of a channel; writes nothing.
     Position(u16, Position),
     /// Set a channel's position and write a `herald:reset` event (`body` has no `id:`).
     Reset(u16, Position, Bytes),
     /// Pre-framed bytes (heartbeats, `retry:`).
     Raw(Bytes),
+}
+
+/// What happens to an ephemeral message that meets a full connection queue (per
+/// namespace). Reliable messages always disconnect the connection, which then resumes
+/// from its cursor: nothing is lost and memory stays bounded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SlowPolicy {
+    /// The oldest queued ephemeral message makes room (live values stay fresh).
+    #[default]
+    DropOldest,
+    /// The new message is dropped.
+    DropNewest,
+    /// Like `DropOldest`, and a message replaces a queued one of the same event name
+    /// (as `conflation_key` does for keyed messages): latest value wins.
+    Conflate,
+    /// The connection is closed, as for reliable messages.
+    Disconnect,
+}
+
+impl SlowPolicy {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "drop_oldest" => Self::DropOldest,
+            "drop_newest" => Self::DropNewest,
+            "conflate" => Self::Conflate,
+            "disconnect" => Self::Disconnect,
+            _ => return None,
+        })
+    }
+}
+
+/// The key a queued ephemeral message is replaced by: its `conflation_key`, or under the
+/// `conflate` policy its event name.
+fn conflation_of(m: &Message, policy: SlowPolicy) -> Option<(bool, &str)> {
+    match (&m.conflation_key, policy) {
+        (Some(k), _) => Some((true, k)),
+        (None, SlowPolicy::Conflate) => Some((false, &m.event)),
+        _ => None,
+    }
 }
 
 /// Result of a non-waiting push.
@@ -39,6 +79,8 @@ pub enum Pushed {
     Conflated,
     /// Dropped (ephemeral on a full queue, or the queue is closed).
     Dropped,
+    /// An ephemeral message on a full queue took the place of the oldest queued one.
+    Evicted,
     /// A reliable message did not fit: the connection is closed so the client resumes.
     Overflow,
 }
@@ -156,11 +198,11 @@ impl ConnQueue {
             self.flush_locked(g);
             return (Pushed::Queued, false);
         }
-        if let Item::Ephemeral(m, idx) = &item {
-            if let Some(key) = &m.conflation_key {
+        if let Item::Ephemeral(m, idx, policy) = &item {
+            if let Some(key) = conflation_of(m, *policy) {
                 let found = g.items.iter_mut().find(|queued| {
-                    matches!(queued, Item::Ephemeral(q, qidx)
-                        if qidx == idx && q.conflation_key.as_deref() == Some(&**key))
+                    matches!(queued, Item::Ephemeral(q, qidx, _)
+                        if qidx == idx && conflation_of(q, *policy) == Some(key))
                 });
                 if let Some(slot) = found {
                     *slot = item;
@@ -169,16 +211,33 @@ impl ConnQueue {
             }
         }
         if g.items.len() >= self.cap {
-            return match item {
-                Item::Reliable(..) | Item::Reset(..) | Item::Position(..) => {
+            let policy = match &item {
+                Item::Ephemeral(_, _, p) => *p,
+                Item::Raw(_) => return (Pushed::Dropped, false),
+                _ => SlowPolicy::Disconnect,
+            };
+            match policy {
+                SlowPolicy::Disconnect => {
                     g.closed = Some(CloseReason::SlowConsumer);
                     drop(g);
                     self.wake_all();
                     self.abort();
-                    (Pushed::Overflow, false)
+                    return (Pushed::Overflow, false);
                 }
-                Item::Ephemeral(..) | Item::Raw(_) => (Pushed::Dropped, false),
-            };
+                SlowPolicy::DropNewest => return (Pushed::Dropped, false),
+                SlowPolicy::DropOldest | SlowPolicy::Conflate => {
+                    let Some(oldest) = g
+                        .items
+                        .iter()
+                        .position(|q| matches!(q, Item::Ephemeral(..)))
+                    else {
+                        return (Pushed::Dropped, false);
+                    };
+                    g.items.remove(oldest);
+                    g.items.push_back(item);
+                    return (Pushed::Evicted, false);
+                }
+            }
         }
         let flush_later = defer && self.socket().is_some() && (idle || g.flush_due);
         if !flush_later {
@@ -436,18 +495,40 @@ mod tests {
     #[test]
     fn ephemeral_drops_when_full_and_conflates_by_key() {
         let q = queue(2);
-        assert_eq!(
-            q.push(Item::Ephemeral(msg(0, Some("k")), 0)),
-            Pushed::Queued
-        );
-        assert_eq!(
-            q.push(Item::Ephemeral(msg(0, Some("k")), 0)),
-            Pushed::Conflated
-        );
-        assert_eq!(q.push(Item::Ephemeral(msg(0, None), 0)), Pushed::Queued);
-        assert_eq!(q.push(Item::Ephemeral(msg(0, None), 0)), Pushed::Dropped);
+        let eph = |key, policy| Item::Ephemeral(msg(0, key), 0, policy);
+        let newest = SlowPolicy::DropNewest;
+        assert_eq!(q.push(eph(Some("k"), newest)), Pushed::Queued);
+        assert_eq!(q.push(eph(Some("k"), newest)), Pushed::Conflated);
+        assert_eq!(q.push(eph(None, newest)), Pushed::Queued);
+        assert_eq!(q.push(eph(None, newest)), Pushed::Dropped);
         assert_eq!(q.len(), 2);
         assert!(!q.is_closed());
+    }
+
+    #[test]
+    fn slow_policies_for_ephemeral_messages() {
+        let eph = |policy| Item::Ephemeral(msg(0, None), 0, policy);
+        // drop_oldest: the queue keeps its size and the newest message.
+        let q = queue(2);
+        q.push(Item::Reliable(msg(1, None), 0));
+        q.push(eph(SlowPolicy::DropOldest));
+        assert_eq!(q.push(eph(SlowPolicy::DropOldest)), Pushed::Evicted);
+        assert_eq!(q.len(), 2);
+        // Only ephemeral messages make room: a queue of reliable ones drops the newcomer.
+        let q = queue(1);
+        q.push(Item::Reliable(msg(1, None), 0));
+        assert_eq!(q.push(eph(SlowPolicy::DropOldest)), Pushed::Dropped);
+        assert!(!q.is_closed());
+        // conflate: unkeyed messages of one event name replace each other.
+        let q = queue(8);
+        assert_eq!(q.push(eph(SlowPolicy::Conflate)), Pushed::Queued);
+        assert_eq!(q.push(eph(SlowPolicy::Conflate)), Pushed::Conflated);
+        assert_eq!(q.len(), 1);
+        // disconnect: closed like a reliable overflow.
+        let q = queue(1);
+        q.push(eph(SlowPolicy::Disconnect));
+        assert_eq!(q.push(eph(SlowPolicy::Disconnect)), Pushed::Overflow);
+        assert!(q.is_closed());
     }
 
     #[test]

@@ -11,6 +11,11 @@ pub struct NodeStats {
     pub deliveries: u64,
     pub ephemeral_dropped: u64,
     pub ephemeral_conflated: u64,
+    /// Ephemeral messages that replaced the oldest queued one (`drop_oldest`, `conflate`).
+    pub ephemeral_evicted: u64,
+    /// Connections closed for a full queue by an ephemeral message (`disconnect`).
+    pub ephemeral_disconnects: u64,
+    /// Connections closed for a full queue by a reliable message (they resume).
     pub slow_disconnects: u64,
     pub stalled_disconnects: u64,
     pub gap_disconnects: u64,
@@ -35,6 +40,8 @@ pub(crate) struct Counters {
     pub deliveries: AtomicU64,
     pub ephemeral_dropped: AtomicU64,
     pub ephemeral_conflated: AtomicU64,
+    pub ephemeral_evicted: AtomicU64,
+    pub ephemeral_disconnects: AtomicU64,
     pub slow_disconnects: AtomicU64,
     pub stalled_disconnects: AtomicU64,
     pub gap_disconnects: AtomicU64,
@@ -61,6 +68,8 @@ impl Counters {
             deliveries: self.deliveries.load(Relaxed),
             ephemeral_dropped: self.ephemeral_dropped.load(Relaxed),
             ephemeral_conflated: self.ephemeral_conflated.load(Relaxed),
+            ephemeral_evicted: self.ephemeral_evicted.load(Relaxed),
+            ephemeral_disconnects: self.ephemeral_disconnects.load(Relaxed),
             slow_disconnects: self.slow_disconnects.load(Relaxed),
             stalled_disconnects: self.stalled_disconnects.load(Relaxed),
             gap_disconnects: self.gap_disconnects.load(Relaxed),

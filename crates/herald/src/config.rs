@@ -49,6 +49,10 @@ pub struct ServeArgs {
     /// Recent messages kept in memory per channel for fast resume.
     #[arg(long, env = "HERALD_RING_CAP")]
     pub ring_cap: Option<usize>,
+    /// A stream whose queued data the peer does not take for this long is dropped (ms);
+    /// checked at every heartbeat.
+    #[arg(long, env = "HERALD_WRITE_TIMEOUT_MS")]
+    pub write_timeout_ms: Option<u64>,
     /// Seconds an idempotency key dedupes retries.
     #[arg(long, env = "HERALD_IDEMPOTENCY_WINDOW_SECS")]
     pub idempotency_window_secs: Option<u64>,
@@ -77,6 +81,7 @@ pub struct FileConfig {
     pub retry_jitter_ms: Option<u64>,
     pub queue_cap: Option<usize>,
     pub ring_cap: Option<usize>,
+    pub write_timeout_ms: Option<u64>,
     pub max_batch: Option<usize>,
     pub idempotency_window_secs: Option<u64>,
     pub retention_sweep_secs: Option<u64>,
@@ -101,6 +106,10 @@ pub struct NamespaceEntry {
     pub ephemeral_only: Option<bool>,
     pub max_payload_bytes: Option<usize>,
     pub publishers: Option<Vec<String>>,
+    /// What happens to ephemeral messages for a connection whose queue is full:
+    /// `drop_oldest` (default), `drop_newest`, `conflate` or `disconnect`. Reliable
+    /// messages always disconnect such a connection; it resumes from its cursor.
+    pub slow_consumer: Option<String>,
 }
 
 /// A publisher key and the name namespace rules know it by.
@@ -229,6 +238,10 @@ impl Config {
         if let Some(v) = args.ring_cap.or(file.ring_cap) {
             node.ring_cap = v;
         }
+        if let Some(v) = args.write_timeout_ms.or(file.write_timeout_ms) {
+            node.write_timeout = Duration::from_millis(v.max(100));
+        }
+        node.slow_policies = slow_policies(&file.namespaces)?;
         let mut dispatcher = herald_dispatcher::DispatcherConfig {
             policies: policies(&file.namespaces)?,
             ..Default::default()
@@ -298,6 +311,26 @@ pub fn parse_api_keys(list: &str) -> anyhow::Result<Vec<ApiKey>> {
         .collect()
 }
 
+fn slow_policies(
+    entries: &HashMap<String, NamespaceEntry>,
+) -> anyhow::Result<herald_node::SlowPolicies> {
+    let mut out = herald_node::SlowPolicies::default();
+    for (name, e) in entries {
+        let Some(text) = &e.slow_consumer else {
+            continue;
+        };
+        let Some(policy) = herald_node::SlowPolicy::parse(text) else {
+            bail!("namespace '{name}': slow_consumer must be drop_oldest, drop_newest, conflate or disconnect, not '{text}'");
+        };
+        if name == "default" {
+            out.default = policy;
+        } else {
+            out.namespaces.insert(name.clone(), policy);
+        }
+    }
+    Ok(out)
+}
+
 fn policies(entries: &HashMap<String, NamespaceEntry>) -> anyhow::Result<Policies> {
     let mut out = Policies::default();
     for (name, e) in entries {
@@ -362,6 +395,24 @@ mod tests {
         assert!(p.for_channel("react:1").ephemeral_only);
         assert_eq!(p.for_channel("live:1").retention.max_count, 50);
         assert_eq!(p.for_channel("user:x").retention.max_count, 10_000);
+    }
+
+    #[test]
+    fn slow_consumer_policies_from_file() {
+        let f: FileConfig = toml::from_str(
+            r#"
+            [namespaces.default]
+            slow_consumer = "drop_newest"
+            [namespaces.count]
+            slow_consumer = "conflate"
+            "#,
+        )
+        .unwrap();
+        let p = slow_policies(&f.namespaces).unwrap();
+        assert_eq!(p.for_channel("count:1"), herald_node::SlowPolicy::Conflate);
+        assert_eq!(p.for_channel("live:1"), herald_node::SlowPolicy::DropNewest);
+        let bad: FileConfig = toml::from_str("[namespaces.x]\nslow_consumer = \"block\"").unwrap();
+        assert!(slow_policies(&bad.namespaces).is_err());
     }
 
     #[test]

@@ -174,6 +174,20 @@ pub fn metrics(state: &State) -> Response<ResponseBody> {
     );
     metric(
         &mut out,
+        "herald_ephemeral_evicted_total",
+        c,
+        "Ephemeral messages that pushed out the oldest queued one (drop_oldest, conflate).",
+        n.ephemeral_evicted,
+    );
+    metric(
+        &mut out,
+        "herald_ephemeral_disconnects_total",
+        c,
+        "Connections closed for a full queue by an ephemeral message (policy disconnect).",
+        n.ephemeral_disconnects,
+    );
+    metric(
+        &mut out,
         "herald_ephemeral_conflated_total",
         c,
         "Ephemeral messages replaced by a newer one with the same key.",
@@ -206,6 +220,34 @@ pub fn metrics(state: &State) -> Response<ResponseBody> {
         c,
         "Fabric gaps repaired from the store.",
         n.gap_repairs,
+    );
+    metric(
+        &mut out,
+        "herald_resync_repairs_total",
+        c,
+        "Channels caught up from the store after the fabric reported a possible loss.",
+        n.resync_repairs,
+    );
+    metric(
+        &mut out,
+        "herald_shared_store_reads_total",
+        c,
+        "Store reads answered by an identical read already in flight (single-flight).",
+        n.shared_reads,
+    );
+    metric(
+        &mut out,
+        "herald_write_conflicts_total",
+        c,
+        "Group commits that lost conditional writes to another dispatcher and re-sequenced.",
+        d.conflicts,
+    );
+    metric(
+        &mut out,
+        "herald_fabric_ready",
+        g,
+        "1 when the fabric can carry messages.",
+        i64::from(state.fabric.is_ready()),
     );
     state.publish_latency.render(
         &mut out,

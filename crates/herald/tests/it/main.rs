@@ -10,4 +10,5 @@ mod common;
 mod crash;
 mod lifecycle;
 mod publish;
+mod slow;
 mod sse;
