@@ -3,6 +3,10 @@
 use herald_proto::sse::{comment, retry_field, write_event, SseEvent, SseParser};
 use proptest::prelude::*;
 
+#[path = "support/fuzz.rs"]
+mod fuzz;
+use fuzz::fuzz_cases;
+
 /// Everything observable about a parse: dispatched events and the final parser state.
 #[derive(Debug, PartialEq, Eq)]
 struct Outcome {
@@ -85,7 +89,7 @@ fn written_event() -> impl Strategy<Value = Written> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    #![proptest_config(ProptestConfig::with_cases(fuzz_cases(256)))]
 
     #[test]
     fn chunking_does_not_change_the_result(

@@ -7,6 +7,10 @@ use herald_proto::{
 };
 use proptest::prelude::*;
 
+#[path = "support/fuzz.rs"]
+mod fuzz;
+use fuzz::fuzz_cases;
+
 /// JSON-ish text: valid publish bodies with random mutations, and plain noise.
 fn body() -> impl Strategy<Value = Vec<u8>> {
     let valid = (
@@ -33,7 +37,7 @@ fn body() -> impl Strategy<Value = Vec<u8>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    #![proptest_config(ProptestConfig::with_cases(fuzz_cases(512)))]
 
     #[test]
     fn publish_bodies_parse_or_classify(b in body()) {
