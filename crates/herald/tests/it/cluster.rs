@@ -12,7 +12,7 @@ use herald_client::{Client, Publish};
 use herald_proto::Cursor;
 use herald_proto::PublishResult;
 use serde_json::json;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -355,6 +355,9 @@ async fn node_kill_clients_resume_elsewhere() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long one publish attempt may take before the publisher tries the other dispatcher.
+const ATTEMPT: Duration = Duration::from_secs(2);
+
 /// One publish of the dispatcher-kill test.
 #[derive(Clone, Debug)]
 struct Done {
@@ -366,7 +369,7 @@ struct Done {
 }
 
 /// Publishes `m` until a 2xx, starting with `clients[first]` and moving to the next one after
-/// any error or a 3 s timeout (same idempotency key every time).
+/// any error or an [`ATTEMPT`] timeout (same idempotency key every time).
 async fn publish_failover(
     clients: &[Client],
     first: usize,
@@ -378,15 +381,10 @@ async fn publish_failover(
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let err = match tokio::time::timeout(
-            Duration::from_secs(3),
-            clients[k % clients.len()].publish(m),
-        )
-        .await
-        {
+        let err = match tokio::time::timeout(ATTEMPT, clients[k % clients.len()].publish(m)).await {
             Ok(Ok(r)) => return Ok((r, attempts)),
             Ok(Err(e)) => e.to_string(),
-            Err(_) => "timeout after 3 s".to_owned(),
+            Err(_) => format!("timeout after {ATTEMPT:?}"),
         };
         if Instant::now() > deadline {
             bail!(
@@ -402,6 +400,27 @@ async fn publish_failover(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dispatcher_kill_exactly_once() -> anyhow::Result<()> {
+    dispatcher_fault("dispatcher_kill_exactly_once", Fault::Kill).await
+}
+
+/// A dispatcher that stalls (SIGSTOP, like a long GC pause or a frozen VM) for longer than the
+/// membership TTL, while the other takes over its channels, then comes back (SIGCONT) with a
+/// stale view of ownership and of the seqs: ownership is soft, so the conditional writes and
+/// idempotency keys alone must keep every channel exactly-once and gap-free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dispatcher_pause_split_brain_exactly_once() -> anyhow::Result<()> {
+    dispatcher_fault("dispatcher_pause_split_brain_exactly_once", Fault::Pause).await
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    /// `kill -9` of dispatcher d0.
+    Kill,
+    /// SIGSTOP of d0 until d1 has taken over and published more, then SIGCONT.
+    Pause,
+}
+
+async fn dispatcher_fault(test: &str, fault: Fault) -> anyhow::Result<()> {
     let ttl = Duration::from_millis(2000);
     let spec = Spec {
         dispatchers: 2,
@@ -409,7 +428,7 @@ async fn dispatcher_kill_exactly_once() -> anyhow::Result<()> {
         membership_ttl: ttl,
         ..Spec::default()
     };
-    let Some(mut cluster) = Cluster::start("dispatcher_kill_exactly_once", spec).await? else {
+    let Some(mut cluster) = Cluster::start(test, spec).await? else {
         return Ok(());
     };
     let chans = ["once:a", "once:b", "once:c", "once:d"];
@@ -429,7 +448,7 @@ async fn dispatcher_kill_exactly_once() -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let clients = cluster.publishers();
     let mut workers = Vec::new();
-    for w in 0..3usize {
+    for w in 0..4usize {
         let (done, failed, stop, clients) =
             (done.clone(), failed.clone(), stop.clone(), clients.clone());
         workers.push(tokio::spawn(async move {
@@ -468,7 +487,10 @@ async fn dispatcher_kill_exactly_once() -> anyhow::Result<()> {
     )
     .await?;
 
-    cluster.dispatchers[0].kill9();
+    match fault {
+        Fault::Kill => cluster.dispatchers[0].kill9(),
+        Fault::Pause => cluster.dispatchers[0].signal(libc::SIGSTOP),
+    }
     let killed = Instant::now();
     let acked_at_kill = lock(&done).len();
     // Probe every channel through the survivor: how long until publishing works again.
@@ -491,17 +513,60 @@ async fn dispatcher_kill_exactly_once() -> anyhow::Result<()> {
             attempts,
         });
     }
+    // A paused owner still accepts connections, so a forward to it hangs until the
+    // publisher's attempt timeout; allow one of those on top.
+    let limit = match fault {
+        Fault::Kill => ttl * 3,
+        Fault::Pause => ttl * 3 + ATTEMPT,
+    };
     assert!(
-        recovery <= ttl * 3,
+        recovery <= limit,
         "publishing on every channel through the surviving dispatcher took {recovery:?} after \
-         the kill; expected within 3 × membership TTL ({:?})",
-        ttl * 3
+         the {fault:?}; expected within {limit:?} (membership TTL {ttl:?})"
     );
+    let mut resumed_probes = Vec::new();
+    if fault == Fault::Pause {
+        // Let the survivor move every channel well past where d0 stopped, then wake d0 up.
+        wait_until(
+            Duration::from_secs(30),
+            || {
+                format!(
+                    "30 acknowledged publishes while d0 is paused (have {})",
+                    lock(&done).len()
+                )
+            },
+            || lock(&done).len() >= acked_at_kill + 30 || !lock(&failed).is_empty(),
+        )
+        .await?;
+        cluster.dispatchers[0].signal(libc::SIGCONT);
+        // The woken dispatcher serves publishes again (on its stale state it must lose the
+        // conditional writes, re-read and continue, not wedge or reuse a seq).
+        let d0 = [cluster.dispatchers[0].publisher()];
+        for ch in chans {
+            let key = format!("resumed-{ch}");
+            let mut m = Publish::new(ch, json!({ "k": key }));
+            m.idempotency_key = Some(key.clone());
+            let (r, attempts) = publish_failover(&d0, 0, &m, Duration::from_secs(15))
+                .await
+                .with_context(|| format!("publish to {ch} through d0 after SIGCONT"))?;
+            resumed_probes.push(Done {
+                key,
+                channel: ch.to_owned(),
+                seq: r.seq.unwrap_or(0),
+                epoch: r.epoch,
+                attempts,
+            });
+        }
+    }
+    let acked_at_kill = match fault {
+        Fault::Kill => acked_at_kill,
+        Fault::Pause => lock(&done).len(),
+    };
     wait_until(
         Duration::from_secs(30),
         || {
             format!(
-                "90 more acknowledged publishes after the kill (have {})",
+                "90 more acknowledged publishes after the {fault:?} (have {})",
                 lock(&done).len()
             )
         },
@@ -519,6 +584,7 @@ async fn dispatcher_kill_exactly_once() -> anyhow::Result<()> {
     );
     let mut all = lock(&done).clone();
     all.extend(probes);
+    all.extend(resumed_probes);
     let retried = all.iter().filter(|d| d.attempts > 1).count();
 
     // No seq answered twice, each key answered with one position.
@@ -553,12 +619,16 @@ async fn dispatcher_kill_exactly_once() -> anyhow::Result<()> {
                 (m.seq, v["k"].as_str().unwrap_or_default().to_owned())
             })
             .collect();
-        let mut seen = BTreeSet::new();
+        let mut seen: BTreeMap<&str, u64> = BTreeMap::new();
         for (seq, k) in &keys {
-            assert!(
-                seen.insert(k.clone()),
-                "{ch}: key {k} stored twice (again at seq {seq})"
-            );
+            if let Some(first) = seen.insert(k, *seq) {
+                let answered: Vec<u64> =
+                    all.iter().filter(|d| &d.key == k).map(|d| d.seq).collect();
+                panic!(
+                    "{ch}: idempotency key {k} stored twice, at seq {first} and at seq {seq} \
+                     (the publisher's 2xx said seq {answered:?})"
+                );
+            }
         }
         stored.insert(ch.to_owned(), keys);
     }
@@ -614,8 +684,7 @@ async fn dispatcher_kill_exactly_once() -> anyhow::Result<()> {
         }
     }
     eprintln!(
-        "dispatcher_kill: {} acknowledged ({acked_at_kill} before the kill), {retried} needed a retry, \
-         recovery {recovery:?}",
+        "{test}: {} acknowledged, {retried} needed a retry, recovery {recovery:?}",
         all.len()
     );
     cluster.passed();

@@ -395,6 +395,16 @@ impl Proc {
         matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
     }
 
+    /// Sends `sig` (e.g. `libc::SIGSTOP` / `libc::SIGCONT` to pause and resume the process).
+    pub fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            // SAFETY: plain kill(2) on a child pid we own and have not reaped.
+            unsafe {
+                libc::kill(c.id() as i32, sig);
+            }
+        }
+    }
+
     /// SIGKILL: a crash.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

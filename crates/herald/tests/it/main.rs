@@ -4,6 +4,7 @@
 mod acks;
 mod bad_input;
 mod bench;
+mod check;
 mod cluster;
 mod cluster_support;
 mod common;
