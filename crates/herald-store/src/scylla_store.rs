@@ -95,6 +95,7 @@ impl ScyllaOptions {
 struct Statements {
     insert_message: PreparedStatement,
     insert_idempotency: PreparedStatement,
+    move_idempotency: PreparedStatement,
     get_head: PreparedStatement,
     insert_head: PreparedStatement,
     advance_head: PreparedStatement,
@@ -442,7 +443,12 @@ impl ScyllaStore {
             .await?,
             insert_idempotency: p(format!(
                 "INSERT INTO {ks}.idempotency (channel, key, epoch, seq, expires_at) \
-                 VALUES (?, ?, ?, ?, ?) USING TTL ?"
+                 VALUES (?, ?, ?, ?, ?) IF NOT EXISTS USING TTL ?"
+            ))
+            .await?,
+            move_idempotency: p(format!(
+                "UPDATE {ks}.idempotency USING TTL ? SET epoch = ?, seq = ?, expires_at = ? \
+                 WHERE channel = ? AND key = ? IF seq = ?"
             ))
             .await?,
             get_head: p(format!(
@@ -579,7 +585,14 @@ impl ScyllaStore {
     ) -> Result<(), StoreError> {
         let st = self.statements().await?;
         let s = &self.inner.session;
-        self.write_idempotency(channel, &entries).await?;
+        let mut entries = entries;
+        let mut duplicate = None;
+        if let Some(i) = self.write_idempotency(channel, &entries).await? {
+            // From this entry on nothing may be written: its key is stored with another
+            // message, and the seqs after it must not leave a hole.
+            duplicate = Some(entries[i].seq);
+            entries.truncate(i);
+        }
         let mut start = 0;
         while start < entries.len() {
             let b = bucket(entries[start].seq);
@@ -629,8 +642,16 @@ impl ScyllaStore {
             }
             start = end;
         }
-        let last = entries[entries.len() - 1];
-        self.advance_head(channel, last.epoch, last.seq).await
+        if let Some(last) = entries.last() {
+            self.advance_head(channel, last.epoch, last.seq).await?;
+        }
+        match duplicate {
+            None => Ok(()),
+            Some(seq) => Err(StoreError::Conflict {
+                detail: format!("{channel}: the idempotency key of seq {seq} is already stored"),
+                lost: vec![(channel.to_owned(), seq)],
+            }),
+        }
     }
 
     /// TTL of a message row: the entry's own (its namespace's retention age), else the
@@ -643,35 +664,98 @@ impl ScyllaStore {
         }
     }
 
+    /// Claims each entry's idempotency key for its seq. The claim is the one point where
+    /// two writers of a key (dispatchers racing after an ownership change, or a paused one
+    /// waking up) are ordered: it is conditional, and a claim whose message landed is never
+    /// taken over. Returns the index of the first entry whose key is already stored with
+    /// another message (a duplicate: it and what follows must not be written), if any.
     async fn write_idempotency(
         &self,
         channel: &str,
         entries: &[&AppendEntry],
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<usize>, StoreError> {
+        let claims = entries.iter().enumerate().filter_map(|(i, e)| {
+            let (key, expires) = e.idempotency.as_ref()?;
+            Some(async move {
+                self.claim_key(channel, key, e, *expires)
+                    .await
+                    .map(|won| (!won).then_some(i))
+            })
+        });
+        let lost = futures_util::future::try_join_all(claims).await?;
+        Ok(lost.into_iter().flatten().min())
+    }
+
+    /// Claims `key` for entry `e`; false when the key's message is already stored elsewhere.
+    async fn claim_key(
+        &self,
+        channel: &str,
+        key: &str,
+        e: &AppendEntry,
+        expires: u64,
+    ) -> Result<bool, StoreError> {
         let st = self.statements().await?;
         let s = &self.inner.session;
-        let mut writes = Vec::new();
-        for e in entries {
-            if let Some((key, expires)) = &e.idempotency {
-                let secs = expires.saturating_sub(e.ts_ms).div_ceil(1000) + IDEMPOTENCY_GRACE_SECS;
-                let ttl = cql_ttl(secs);
-                let values = (
-                    channel,
-                    key.as_str(),
-                    to_i64("epoch", e.epoch)?,
-                    to_i64("seq", e.seq)?,
-                    to_i64("expires_at", *expires)?,
-                    ttl,
-                );
-                writes.push(async move {
-                    s.execute_unpaged(&st.insert_idempotency, values)
-                        .await
-                        .map_err(eng!("idempotency write"))
-                });
+        let secs = expires.saturating_sub(e.ts_ms).div_ceil(1000) + IDEMPOTENCY_GRACE_SECS;
+        let ttl = cql_ttl(secs);
+        let (epoch, seq, exp) = (
+            to_i64("epoch", e.epoch)?,
+            to_i64("seq", e.seq)?,
+            to_i64("expires_at", expires)?,
+        );
+        let res = s
+            .execute_unpaged(&st.insert_idempotency, (channel, key, epoch, seq, exp, ttl))
+            .await
+            .map_err(eng!("idempotency claim"))?;
+        let (applied, mut current) = lwt_outcome(res, "idempotency claim", Some("seq"))?;
+        for _ in 0..8 {
+            if applied {
+                return Ok(true);
             }
+            let Some(CqlValue::BigInt(held)) = current else {
+                // The record expired between the two statements: claim afresh.
+                return Box::pin(self.claim_key(channel, key, e, expires)).await;
+            };
+            if held == seq {
+                return Ok(true);
+            }
+            if self.message_key_at(channel, held).await?.as_deref() == Some(key) {
+                return Ok(false);
+            }
+            // A claim whose message never landed (its writer died or lost the seq): take it
+            // over, unless it moved meanwhile.
+            let res = s
+                .execute_unpaged(
+                    &st.move_idempotency,
+                    (ttl, epoch, seq, exp, channel, key, held),
+                )
+                .await
+                .map_err(eng!("idempotency claim"))?;
+            let (moved, now) = lwt_outcome(res, "idempotency claim", Some("seq"))?;
+            if moved {
+                return Ok(true);
+            }
+            current = now;
         }
-        futures_util::future::try_join_all(writes).await?;
-        Ok(())
+        Err(StoreError::Engine(format!(
+            "{channel}: idempotency key kept moving under 8 claims"
+        )))
+    }
+
+    /// The idempotency key carried by the message at `seq`, if the message exists.
+    async fn message_key_at(&self, channel: &str, seq: i64) -> Result<Option<String>, StoreError> {
+        let st = self.statements().await?;
+        let b = to_i64("bucket", bucket(to_u64("seq", seq)?))?;
+        let res = self
+            .inner
+            .session
+            .execute_unpaged(&st.message_key, (channel, b, seq))
+            .await
+            .map_err(eng!("read message key"))?;
+        let row = rows(res, "read message key")?
+            .maybe_first_row::<(Option<String>,)>()
+            .map_err(eng!("read message key"))?;
+        Ok(row.and_then(|(k,)| k))
     }
 
     /// Moves the head forward to `seq` (never back): `UPDATE … IF last_seq < seq`, or
@@ -941,23 +1025,12 @@ impl Store for ScyllaStore {
             return Ok(None);
         }
         // The record is written before its message: it counts only if the message landed.
-        let res = self
-            .inner
-            .session
-            .execute_unpaged(
-                &st.message_key,
-                (channel, to_i64("bucket", bucket(rec.seq))?, seq),
-            )
-            .await
-            .map_err(eng!("read idempotency"))?;
-        let written = rows(res, "read idempotency")?
-            .maybe_first_row::<(Option<String>,)>()
-            .map_err(eng!("read idempotency"))?;
-        match written {
-            Some((Some(k),)) if k == key => Ok(Some(rec)),
+        if self.message_key_at(channel, seq).await?.as_deref() == Some(key) {
+            Ok(Some(rec))
+        } else {
             // Not written, or since trimmed / expired: the key no longer dedupes, like a
             // record past its window. A seq taken by another message means the write lost.
-            _ => Ok(None),
+            Ok(None)
         }
     }
 

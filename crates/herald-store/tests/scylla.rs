@@ -155,6 +155,33 @@ mod cql {
             .expect("record of a written message");
         assert_eq!(rec.seq, 11);
 
+        // A second writer of a key already stored with a message (a paused dispatcher
+        // waking up after another took over) loses: nothing is written from that entry on.
+        let mut again = entry("conf:meta", 12);
+        again.idempotency = Some(("died-before".into(), u64::MAX / 4));
+        let dup = store
+            .append(AppendBatch {
+                entries: vec![again],
+            })
+            .await;
+        assert!(
+            matches!(&dup, Err(StoreError::Conflict { lost, .. }) if lost == &vec![("conf:meta".to_owned(), 12)]),
+            "got {dup:?}"
+        );
+        assert_eq!(
+            store
+                .channel_meta("conf:meta")
+                .await?
+                .expect("meta")
+                .last_seq,
+            11
+        );
+        let rec = store
+            .idempotency_get("conf:meta", "died-before", 1)
+            .await?
+            .expect("the first record stands");
+        assert_eq!(rec.seq, 11);
+
         // A conflict on one channel leaves the other channels of the append written.
         let mixed = store
             .append(AppendBatch {
