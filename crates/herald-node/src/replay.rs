@@ -13,6 +13,10 @@ use herald_proto::Position;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
+/// Store reads in a row that find nothing to replay before the stream gives up (it closes
+/// and the client resumes).
+const MAX_EMPTY_PAGES: u32 = 64;
+
 /// Why a channel's position was reset.
 #[derive(Clone, Copy, Debug)]
 enum ResetReason {
@@ -118,6 +122,7 @@ async fn join_channel(node: &Node, queue: &Arc<ConnQueue>, j: &Join) -> Result<(
         }
     }
     let mut caught_up = meta.is_none_or(|m| pos.seq >= m.last_seq);
+    let mut empty_pages = 0;
     loop {
         if caught_up {
             match node.hub.attach(&j.slot, queue, j.idx, pos) {
@@ -132,10 +137,27 @@ async fn join_channel(node: &Node, queue: &Arc<ConnQueue>, j: &Join) -> Result<(
             .await?;
         caught_up = page.len() < node.config.replay_page;
         if page.is_empty() {
-            // The ring is ahead of the store view we had; the next read will see more.
+            empty_pages += 1;
+            if empty_pages > MAX_EMPTY_PAGES {
+                return Err("the store keeps answering nothing past the position".into());
+            }
+            // Nothing after `pos`, yet the log goes further: those messages expired (a store
+            // with row TTLs drops them without moving the channel's first seq). Say so, and
+            // go on from the head.
+            if let Some(m) = node.reads.channel_meta(&j.slot.channel).await? {
+                if m.epoch == pos.epoch && m.last_seq > pos.seq {
+                    pos = Position {
+                        epoch: m.epoch,
+                        seq: m.last_seq,
+                    };
+                    reset(node, queue, j, pos, ResetReason::Retention);
+                }
+            }
+            caught_up = true;
             tokio::task::yield_now().await;
             continue;
         }
+        empty_pages = 0;
         from_store = true;
         for m in page.iter() {
             if m.seq != pos.seq + 1 {

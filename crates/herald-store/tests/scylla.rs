@@ -182,6 +182,32 @@ mod cql {
             .expect("the first record stands");
         assert_eq!(rec.seq, 11);
 
+        // Per-namespace TTL: a message written with ttl_secs expires by itself.
+        let mut short = entry("conf:ttl", 1);
+        short.ttl_secs = 1;
+        store
+            .append(AppendBatch {
+                entries: vec![short, entry("conf:ttl", 2)],
+            })
+            .await?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let seqs: Vec<u64> = store
+                .read_range("conf:ttl", 0, 10)
+                .await?
+                .iter()
+                .map(|m| m.seq)
+                .collect();
+            if seqs == vec![2] {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "message with a 1 s TTL still there: {seqs:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+
         // A conflict on one channel leaves the other channels of the append written.
         let mixed = store
             .append(AppendBatch {
