@@ -54,6 +54,9 @@ enum Command {
     Token(cli::token::Args),
     /// Load-test a server: connections, deliveries, latency, server memory and CPU.
     Bench(herald_bench::Args),
+    /// Fault-injecting check of the guarantees: kills and restarts servers under load and
+    /// verifies what clients saw (durability, order, gap-free resume, resets, exactly-once).
+    Check(herald_check::Args),
     /// One process of `herald bench` holding connections (started by `bench`).
     #[command(hide = true)]
     BenchWorker {
@@ -75,6 +78,17 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => {
             let report = cli::runtime_multi()?.block_on(herald_bench::run(args))?;
             report.print();
+            Ok(())
+        }
+        Command::Check(args) => {
+            let json = args.json;
+            let report = cli::runtime_multi()?.block_on(herald_check::run(args))?;
+            report.print(json);
+            anyhow::ensure!(
+                report.ok,
+                "herald check: {} violation(s)",
+                report.violation_count
+            );
             Ok(())
         }
         Command::BenchWorker { spec } => {

@@ -1,6 +1,5 @@
 //! `herald serve`: wires store, fabric, dispatcher and node into one process.
 
-use crate::auth::Auth;
 use crate::config::{Config, ServeArgs};
 use crate::server::{self, State};
 use anyhow::Context;
@@ -9,7 +8,6 @@ use herald_fabric::Fabric;
 use herald_node::Node;
 use herald_store::{FjallOptions, FjallStore, Store};
 use std::io::Write;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 /// Messages in flight from the sequencer to the node's fan-out loop.
@@ -39,22 +37,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let dispatcher = Dispatcher::start(store.clone(), fabric.clone(), config.dispatcher.clone());
     let listener = listen(config.listen).with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
-    let state = Arc::new(State {
-        node: Some(node),
-        dispatcher: Some(dispatcher),
-        store,
-        fabric,
-        routing: None,
-        auth: Auth::new(
-            config.api_keys.clone(),
-            config.jwt_secret.clone(),
-            config.dev,
-        ),
-        cors: server::cors::Cors::new(&config.cors_origins),
-        publish_latency: Default::default(),
-        shutting_down: AtomicBool::new(false),
-        max_batch: config.max_batch,
-    });
+    let state = State::new(&config, Some(node), Some(dispatcher), store, fabric, None);
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "herald serving");
     announce(addr);
     server::serve(listener, state, shutdown_signal(), config.shutdown_timeout).await;

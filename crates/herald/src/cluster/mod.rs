@@ -6,7 +6,6 @@ pub mod connecting_store;
 pub mod membership;
 pub mod routing;
 
-use crate::auth::Auth;
 use crate::config::{Config, Needs, ServeArgs};
 use crate::serve::{announce, init_logging, listen, shutdown_signal};
 use crate::server::{self, State};
@@ -18,7 +17,6 @@ use herald_node::Node;
 use herald_store::{Member, ScyllaOptions, ScyllaStore, Store};
 use membership::Membership;
 use routing::Routing;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -197,22 +195,7 @@ async fn serve_role(role: Role, args: RoleArgs, config: Config) -> anyhow::Resul
             (None, Some(dispatcher), Some(routing))
         }
     };
-    let state = Arc::new(State {
-        node,
-        dispatcher,
-        store: dyn_store,
-        fabric: dyn_fabric,
-        routing,
-        auth: Auth::new(
-            config.api_keys.clone(),
-            config.jwt_secret.clone(),
-            config.dev,
-        ),
-        cors: server::cors::Cors::new(&config.cors_origins),
-        publish_latency: Default::default(),
-        shutting_down: AtomicBool::new(false),
-        max_batch: config.max_batch,
-    });
+    let state = State::new(&config, node, dispatcher, dyn_store, dyn_fabric, routing);
     tracing::info!(%addr, %id, role = role.name(), keyspace = %args.store.keyspace, "herald {} serving", role.name());
     announce(addr);
     server::serve(listener, state, shutdown_signal(), config.shutdown_timeout).await;

@@ -6,7 +6,7 @@ use super::body::ResponseBody;
 use super::error::ApiError;
 use super::history::{channel_path, decode_channel};
 use super::publish::{parse, read_body};
-use super::router::{json, query_pairs};
+use super::router::{json, parse_limit, query_pairs};
 use super::State;
 use herald_proto::Cursor;
 use herald_store::Ack;
@@ -172,18 +172,7 @@ pub async fn list(
     for (k, v) in query_pairs(&req) {
         match k.as_str() {
             "after_user" => after_user = v,
-            "limit" => {
-                limit = v
-                    .parse()
-                    .ok()
-                    .filter(|l| (1..=MAX_LIMIT).contains(l))
-                    .ok_or_else(|| {
-                        ApiError::bad_request(
-                            "invalid_query",
-                            format!("`limit` must be 1..={MAX_LIMIT}"),
-                        )
-                    })?
-            }
+            "limit" => limit = parse_limit(&v, MAX_LIMIT)?,
             _ => {}
         }
     }

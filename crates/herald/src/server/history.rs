@@ -3,7 +3,7 @@
 
 use super::body::ResponseBody;
 use super::error::ApiError;
-use super::router::{json, query_pairs};
+use super::router::{json, parse_limit, query_pairs};
 use super::State;
 use herald_proto::{HistoryMessage, HistoryResponse};
 use http::{Request, Response};
@@ -53,18 +53,7 @@ pub async fn handle(
                     ApiError::bad_request("invalid_query", "`after` must be a seq number")
                 })?
             }
-            "limit" => {
-                limit = v
-                    .parse()
-                    .ok()
-                    .filter(|l| (1..=MAX_LIMIT).contains(l))
-                    .ok_or_else(|| {
-                        ApiError::bad_request(
-                            "invalid_query",
-                            format!("`limit` must be 1..={MAX_LIMIT}"),
-                        )
-                    })?
-            }
+            "limit" => limit = parse_limit(&v, MAX_LIMIT)?,
             "token" => token = Some(v),
             _ => {}
         }

@@ -55,6 +55,33 @@ pub struct State {
 }
 
 impl State {
+    /// The shared state of a process serving `config` with the given parts.
+    pub fn new(
+        config: &crate::config::Config,
+        node: Option<Arc<Node>>,
+        dispatcher: Option<Arc<Dispatcher>>,
+        store: Arc<dyn Store>,
+        fabric: Arc<dyn Fabric>,
+        routing: Option<Arc<Routing>>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            node,
+            dispatcher,
+            store,
+            fabric,
+            routing,
+            auth: Auth::new(
+                config.api_keys.clone(),
+                config.jwt_secret.clone(),
+                config.dev,
+            ),
+            cors: cors::Cors::new(&config.cors_origins),
+            publish_latency: Default::default(),
+            shutting_down: AtomicBool::new(false),
+            max_batch: config.max_batch,
+        })
+    }
+
     pub fn node(&self) -> Result<&Arc<Node>, ApiError> {
         self.node.as_ref().ok_or_else(|| {
             ApiError::new(

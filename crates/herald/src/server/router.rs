@@ -104,6 +104,14 @@ pub fn json<T: serde::Serialize>(value: &T) -> Result<Response<ResponseBody>, Ap
     Ok(resp)
 }
 
+/// A `limit` query value: 1..=`max`.
+pub fn parse_limit(v: &str, max: usize) -> Result<usize, ApiError> {
+    v.parse()
+        .ok()
+        .filter(|l| (1..=max).contains(l))
+        .ok_or_else(|| ApiError::bad_request("invalid_query", format!("`limit` must be 1..={max}")))
+}
+
 /// The query string's pairs, percent-decoded.
 pub fn query_pairs(req: &Request<Incoming>) -> Vec<(String, String)> {
     req.uri()
