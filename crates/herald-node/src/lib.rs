@@ -61,6 +61,11 @@ pub struct NodeConfig {
     pub channel_idle: Duration,
     /// What each namespace does with ephemeral messages for full queues.
     pub slow_policies: SlowPolicies,
+    /// Kernel send buffer of a stream's socket (bytes; 0 keeps the kernel's autotuning).
+    /// Autotuning grows it to megabytes for a peer that stops reading, which then holds that
+    /// much kernel memory and, since the queue still drains into it, hides the stall from
+    /// the write timeout for minutes.
+    pub stream_sndbuf: usize,
 }
 
 /// Slow-consumer policy of ephemeral messages, per namespace.
@@ -93,6 +98,7 @@ impl Default for NodeConfig {
             replay_page: 512,
             channel_idle: Duration::from_secs(60),
             slow_policies: SlowPolicies::default(),
+            stream_sndbuf: 64 * 1024,
         }
     }
 }
@@ -374,6 +380,32 @@ impl StreamPlan {
     /// Serves the stream on `socket`: the returned future writes `head` (the HTTP response
     /// head), then events, and completes when the stream has ended.
     pub fn serve(self, socket: TcpStream, head: Bytes) -> StreamTask {
+        if self.node.config.stream_sndbuf > 0 {
+            if let Err(e) = set_send_buffer(&socket, self.node.config.stream_sndbuf) {
+                tracing::debug!(error = %e, "could not cap the stream's send buffer");
+            }
+        }
         StreamTask::new(self.start(Transport::Socket(socket)), head)
+    }
+}
+
+/// Caps the socket's kernel send buffer (Linux doubles the value for its bookkeeping).
+fn set_send_buffer(socket: &TcpStream, bytes: usize) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: a valid, open socket descriptor and a pointer to a c_int of the given length.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }

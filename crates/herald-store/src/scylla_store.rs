@@ -585,6 +585,22 @@ impl ScyllaStore {
     ) -> Result<(), StoreError> {
         let st = self.statements().await?;
         let s = &self.inner.session;
+        // A writer with a stale view of the channel (ownership moved while it cached the
+        // head) must not write behind the head: rows there may have been trimmed or expired,
+        // and `IF NOT EXISTS` would then apply to positions the channel has long passed,
+        // acknowledging messages nobody will ever read.
+        let first = entries[0].seq;
+        if let Some(meta) = self.meta(channel).await? {
+            if first <= meta.last_seq {
+                return Err(StoreError::Conflict {
+                    detail: format!(
+                        "{channel}: seq {first} is at or behind the head {}",
+                        meta.last_seq
+                    ),
+                    lost: vec![(channel.to_owned(), first)],
+                });
+            }
+        }
         let mut entries = entries;
         let mut duplicate = None;
         if let Some(i) = self.write_idempotency(channel, &entries).await? {

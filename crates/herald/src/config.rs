@@ -53,6 +53,10 @@ pub struct ServeArgs {
     /// checked at every heartbeat.
     #[arg(long, env = "HERALD_WRITE_TIMEOUT_MS")]
     pub write_timeout_ms: Option<u64>,
+    /// Kernel send buffer of each stream's socket in bytes (0: the kernel's autotuning,
+    /// which lets a peer that stops reading hold megabytes for minutes).
+    #[arg(long, env = "HERALD_STREAM_SNDBUF")]
+    pub stream_sndbuf: Option<usize>,
     /// Seconds an idempotency key dedupes retries.
     #[arg(long, env = "HERALD_IDEMPOTENCY_WINDOW_SECS")]
     pub idempotency_window_secs: Option<u64>,
@@ -82,6 +86,7 @@ pub struct FileConfig {
     pub queue_cap: Option<usize>,
     pub ring_cap: Option<usize>,
     pub write_timeout_ms: Option<u64>,
+    pub stream_sndbuf: Option<usize>,
     pub max_batch: Option<usize>,
     pub idempotency_window_secs: Option<u64>,
     pub retention_sweep_secs: Option<u64>,
@@ -240,6 +245,9 @@ impl Config {
         }
         if let Some(v) = args.write_timeout_ms.or(file.write_timeout_ms) {
             node.write_timeout = Duration::from_millis(v.max(100));
+        }
+        if let Some(v) = args.stream_sndbuf.or(file.stream_sndbuf) {
+            node.stream_sndbuf = v;
         }
         node.slow_policies = slow_policies(&file.namespaces)?;
         let mut dispatcher = herald_dispatcher::DispatcherConfig {
