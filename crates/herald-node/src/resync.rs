@@ -3,7 +3,7 @@
 //! fabric loses what was published while it was away. Without this, a channel that goes
 //! quiet right after such a hole would hold the hole until its next message.
 
-use crate::hub::Slot;
+use crate::hub::{Delivered, Slot};
 use crate::message::Message;
 use crate::stats::Counters;
 use crate::Node;
@@ -95,8 +95,14 @@ async fn catch_up(node: &Node, slot: &Arc<Slot>) {
     let mut flush = Vec::new();
     for m in missing.iter() {
         // The hub drops what the fan-out loop delivered meanwhile, so racing it is safe.
-        node.hub
-            .deliver(&Message::from_stored(slot.channel.clone(), m), &mut flush);
+        let msg = Message::from_stored(slot.channel.clone(), m);
+        if let Delivered::Gap { .. } = node.hub.deliver(&msg, &mut flush) {
+            // Retention already dropped what came between: step over the hole (each
+            // connection checks its own cursor and resumes, getting a reset) rather than
+            // leave the channel stuck until its next message.
+            node.hub.skip_gap(&msg);
+            node.hub.deliver(&msg, &mut flush);
+        }
     }
     for q in flush {
         q.flush();
