@@ -14,6 +14,7 @@
 //! verifier; `sampler` memory and server counters; [`report`] the output.
 
 pub mod args;
+pub mod cql;
 mod procs;
 mod publisher;
 pub mod record;

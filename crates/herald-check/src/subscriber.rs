@@ -178,6 +178,16 @@ fn cursor_positions(
         .collect()
 }
 
+/// Whether a client whose last `id:` is `last_id` holds every channel's final head. What
+/// it would resume from is that id; a client that never had a position (or a session that
+/// started without a cursor and got nothing since) has nothing to catch up on.
+fn caught_up(shared: &SubShared, channels: &[usize], last_id: Option<&str>) -> bool {
+    let Some(id) = last_id else { return true };
+    let heads = shared.heads.get().cloned().unwrap_or_default();
+    let positions = cursor_positions(&shared.universe, channels, id);
+    lag(&shared.universe, &heads, &positions).is_none()
+}
+
 pub async fn run(
     cfg: SubCfg,
     topo: Arc<Topology>,
@@ -198,17 +208,7 @@ pub async fn run(
         }
         let catching = ph == Phase::CatchUp;
         if catching {
-            let heads = shared.heads.get().cloned().unwrap_or_default();
-            let done = match &last_id {
-                // Never had a position: nothing to catch up on.
-                None => true,
-                Some(id) => lag(
-                    &universe,
-                    &heads,
-                    &cursor_positions(&universe, &chan_ids, id),
-                )
-                .is_none(),
-            };
+            let done = caught_up(&shared, &chan_ids, last_id.as_deref());
             if done {
                 shared.caught_up.fetch_add(1, Relaxed);
                 return SubOutcome {
@@ -338,18 +338,7 @@ pub async fn run(
             }
             let catching = ph == Phase::CatchUp;
             if catching {
-                // What the client would resume from: its last id (a session started without
-                // a cursor that got nothing since has no positions of its own).
-                let heads = shared.heads.get().cloned().unwrap_or_default();
-                let done = match &last_id {
-                    None => true,
-                    Some(id) => lag(
-                        &universe,
-                        &heads,
-                        &cursor_positions(&universe, &chan_ids, id),
-                    )
-                    .is_none(),
-                };
+                let done = caught_up(&shared, &chan_ids, last_id.as_deref());
                 if done {
                     break;
                 }
