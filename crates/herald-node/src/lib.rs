@@ -223,15 +223,7 @@ impl Node {
             let slot = self.hub.slot(ch);
             let mut named = cursor.and_then(|c| c.get_hash(hash));
             if let (None, Some(user)) = (named, user) {
-                named = self
-                    .reads
-                    .ack(ch, user)
-                    .await
-                    .map_err(NodeError::Store)?
-                    .map(|a| herald_proto::Position {
-                        epoch: a.epoch,
-                        seq: a.last_seq,
-                    });
+                named = self.reads.ack(ch, user).await.map_err(NodeError::Store)?;
             }
             let resume = match named {
                 Some(p) => p,

@@ -125,16 +125,19 @@ impl Reads {
     }
 
     /// `user`'s acked position on `channel`.
-    pub async fn ack(&self, channel: &str, user: &str) -> Result<Option<ChannelMeta>, String> {
+    pub async fn ack(
+        &self,
+        channel: &str,
+        user: &str,
+    ) -> Result<Option<herald_proto::Position>, String> {
         let ack = self
             .store
             .ack_get(channel, user)
             .await
             .map_err(|e| e.to_string())?;
-        Ok(ack.map(|a| ChannelMeta {
+        Ok(ack.map(|a| herald_proto::Position {
             epoch: a.epoch,
-            last_seq: a.seq,
-            first_seq: 0,
+            seq: a.seq,
         }))
     }
 

@@ -198,8 +198,13 @@ async fn serve_role(role: Role, args: RoleArgs, config: Config) -> anyhow::Resul
     let state = State::new(&config, node, dispatcher, dyn_store, dyn_fabric, routing);
     tracing::info!(%addr, %id, role = role.name(), keyspace = %args.store.keyspace, "herald {} serving", role.name());
     announce(addr);
-    server::serve(listener, state, shutdown_signal(), config.shutdown_timeout).await;
-    let _ = stop_tx.send(true);
+    // Background tasks stop as soon as shutdown starts: a dispatcher leaves the membership
+    // first, so the others stop forwarding to it while it finishes its in-flight publishes.
+    let shutdown = async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    };
+    server::serve(listener, state, shutdown, config.shutdown_timeout).await;
     for t in tasks {
         if tokio::time::timeout(Duration::from_secs(3), t)
             .await
