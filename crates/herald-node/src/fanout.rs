@@ -102,7 +102,12 @@ async fn repair(
     let want = (msg.seq - after - 1) as usize;
     match node
         .reads
-        .read_range(&msg.channel, after, want.min(MAX_REPAIR))
+        .read_range(
+            &msg.channel,
+            after,
+            want.min(MAX_REPAIR),
+            std::time::Instant::now(),
+        )
         .await
     {
         Ok(missing) => {

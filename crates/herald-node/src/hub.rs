@@ -19,6 +19,9 @@ const SHARDS: usize = 64;
 /// One channel on this node.
 pub struct Slot {
     pub channel: Arc<str>,
+    /// When this node began to take the channel's messages: a store read that started
+    /// earlier may miss messages fanned out before the slot existed.
+    pub created: Instant,
     /// What the channel's namespace does with ephemeral messages for full queues.
     policy: SlowPolicy,
     inner: Mutex<SlotInner>,
@@ -95,6 +98,7 @@ impl Hub {
         let name: Arc<str> = Arc::from(channel);
         let slot = Arc::new(Slot {
             channel: name.clone(),
+            created: Instant::now(),
             policy: self.policies.for_channel(channel),
             inner: Mutex::new(SlotInner {
                 ring: VecDeque::new(),

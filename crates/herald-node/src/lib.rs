@@ -247,9 +247,9 @@ impl Node {
         if let Some(p) = self.hub.head(slot) {
             return Ok(p);
         }
-        let meta = self
+        let (meta, _) = self
             .reads
-            .channel_meta(&slot.channel)
+            .channel_meta(&slot.channel, slot.created)
             .await
             .map_err(NodeError::Store)?;
         Ok(

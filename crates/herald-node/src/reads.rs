@@ -9,13 +9,14 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::time::Instant;
 
-type SharedRead<V> = Shared<BoxFuture<'static, Result<V, Arc<StoreError>>>>;
+type SharedRead<V> = Shared<BoxFuture<'static, Result<(V, Instant), Arc<StoreError>>>>;
 
-/// In-flight reads by key; the entry goes when the read completes (or its first caller
-/// gives up and nobody else waits).
+/// In-flight reads by key, with when each started; the entry goes when the read completes
+/// (or its first caller gives up and nobody else waits).
 struct Flights<K, V: Clone> {
-    inflight: Mutex<HashMap<K, SharedRead<V>>>,
+    inflight: Mutex<HashMap<K, (Instant, SharedRead<V>)>>,
 }
 
 impl<K: Hash + Eq + Clone, V: Clone + Send + Sync + 'static> Flights<K, V> {
@@ -25,39 +26,50 @@ impl<K: Hash + Eq + Clone, V: Clone + Send + Sync + 'static> Flights<K, V> {
         }
     }
 
-    /// Joins the read of `key` in flight, or starts `read`. Returns whether it joined.
+    /// Joins the read of `key` in flight if it started at or after `not_before` (so it sees
+    /// every write the caller must see), or starts `read`. Returns the value, when its read
+    /// completed, and whether it joined.
     async fn run(
         &self,
         key: K,
+        not_before: Instant,
         read: impl FnOnce() -> BoxFuture<'static, Result<V, Arc<StoreError>>>,
-    ) -> (Result<V, Arc<StoreError>>, bool) {
-        let (fut, joined) = {
+    ) -> (Result<(V, Instant), Arc<StoreError>>, bool) {
+        let (fut, joined, registered) = {
             let mut map = self.inflight.lock();
             match map.get(&key) {
-                Some(f) => {
+                Some((started, f)) if *started >= not_before => {
                     // Not needed: let go of what it holds now, not when the read ends.
                     drop(read);
-                    (f.clone(), true)
+                    (f.clone(), true, false)
                 }
+                // Too old for this caller: read afresh, leaving the other flight in place.
+                Some(_) => (Self::timed(read()), false, false),
                 None => {
-                    let f = read().shared();
-                    map.insert(key.clone(), f.clone());
-                    (f, false)
+                    let f = Self::timed(read());
+                    map.insert(key.clone(), (Instant::now(), f.clone()));
+                    (f, false, true)
                 }
             }
         };
-        // Whoever started the read removes it, also when cancelled, so a later caller
+        // Whoever registered the read removes it, also when cancelled, so a later caller
         // starts afresh instead of joining a read nobody polls.
-        let _remove = (!joined).then(|| Remove {
+        let _remove = registered.then(|| Remove {
             map: &self.inflight,
             key: key.clone(),
         });
         (fut.await, joined)
     }
+
+    fn timed(read: BoxFuture<'static, Result<V, Arc<StoreError>>>) -> SharedRead<V> {
+        async move { read.await.map(|v| (v, Instant::now())) }
+            .boxed()
+            .shared()
+    }
 }
 
 struct Remove<'a, K: Hash + Eq, V: Clone> {
-    map: &'a Mutex<HashMap<K, SharedRead<V>>>,
+    map: &'a Mutex<HashMap<K, (Instant, SharedRead<V>)>>,
     key: K,
 }
 
@@ -86,12 +98,18 @@ impl Reads {
         }
     }
 
-    pub async fn channel_meta(&self, channel: &Arc<str>) -> Result<Option<ChannelMeta>, String> {
+    /// The channel's meta, from a read that started at or after `not_before`; also when
+    /// that read completed (a later read sees at least as much).
+    pub async fn channel_meta(
+        &self,
+        channel: &Arc<str>,
+        not_before: Instant,
+    ) -> Result<(Option<ChannelMeta>, Instant), String> {
         let store = self.store.clone();
         let ch = channel.clone();
         let (r, joined) = self
             .metas
-            .run(channel.clone(), move || {
+            .run(channel.clone(), not_before, move || {
                 async move { store.channel_meta(&ch).await.map_err(Arc::new) }.boxed()
             })
             .await;
@@ -99,17 +117,19 @@ impl Reads {
         r.map_err(|e| e.to_string())
     }
 
+    /// Messages after `after`, from a read that started at or after `not_before`.
     pub async fn read_range(
         &self,
         channel: &Arc<str>,
         after: u64,
         limit: usize,
+        not_before: Instant,
     ) -> Result<Arc<Vec<StoredMessage>>, String> {
         let store = self.store.clone();
         let ch = channel.clone();
         let (r, joined) = self
             .ranges
-            .run((channel.clone(), after, limit), move || {
+            .run((channel.clone(), after, limit), not_before, move || {
                 async move {
                     store
                         .read_range(&ch, after, limit)
@@ -121,7 +141,7 @@ impl Reads {
             })
             .await;
         self.count(joined);
-        r.map_err(|e| e.to_string())
+        r.map(|(v, _)| v).map_err(|e| e.to_string())
     }
 
     /// `user`'s acked position on `channel`.
@@ -157,13 +177,14 @@ mod tests {
     #[tokio::test]
     async fn concurrent_reads_of_one_key_run_once() {
         let flights: Arc<Flights<u32, u32>> = Arc::new(Flights::new());
+        let start = Instant::now();
         let calls = Arc::new(AtomicUsize::new(0));
         let gate = Arc::new(tokio::sync::Notify::new());
         let mut tasks = Vec::new();
         for _ in 0..10 {
             let (f, c, g) = (flights.clone(), calls.clone(), gate.clone());
             tasks.push(tokio::spawn(async move {
-                f.run(1, move || {
+                f.run(1, start, move || {
                     async move {
                         c.fetch_add(1, Relaxed);
                         g.notified().await;
@@ -186,7 +207,7 @@ mod tests {
         }
         gate.notify_waiters();
         for t in tasks {
-            assert_eq!(t.await.unwrap().unwrap(), 7);
+            assert_eq!(t.await.unwrap().unwrap().0, 7);
         }
         assert_eq!(calls.load(Relaxed), 1);
         assert!(flights.inflight.lock().is_empty());

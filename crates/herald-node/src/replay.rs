@@ -64,7 +64,10 @@ pub(crate) async fn run(node: Arc<Node>, queue: Arc<ConnQueue>, joins: Vec<Join>
 async fn join_channel(node: &Node, queue: &Arc<ConnQueue>, j: &Join) -> Result<(), String> {
     // Retention and epochs are the store's word, so every join asks it where the log
     // stands; what the ring can serve then saves the range read.
-    let meta = node.reads.channel_meta(&j.slot.channel).await?;
+    let (meta, meta_read) = node
+        .reads
+        .channel_meta(&j.slot.channel, j.slot.created)
+        .await?;
     let mut reset_to = None;
     let start = match (j.resume, meta) {
         (None, Some(m)) => Position {
@@ -131,9 +134,10 @@ async fn join_channel(node: &Node, queue: &Arc<ConnQueue>, j: &Join) -> Result<(
                 Attached::NeedStore => {}
             }
         }
+        // Pages must see everything the meta read saw: only reads started after it count.
         let page = node
             .reads
-            .read_range(&j.slot.channel, pos.seq, node.config.replay_page)
+            .read_range(&j.slot.channel, pos.seq, node.config.replay_page, meta_read)
             .await?;
         caught_up = page.len() < node.config.replay_page;
         if page.is_empty() {
@@ -144,7 +148,11 @@ async fn join_channel(node: &Node, queue: &Arc<ConnQueue>, j: &Join) -> Result<(
             // Nothing after `pos`, yet the log goes further: those messages expired (a store
             // with row TTLs drops them without moving the channel's first seq). Say so, and
             // go on from the head.
-            if let Some(m) = node.reads.channel_meta(&j.slot.channel).await? {
+            let (fresh, _) = node
+                .reads
+                .channel_meta(&j.slot.channel, std::time::Instant::now())
+                .await?;
+            if let Some(m) = fresh {
                 if m.epoch == pos.epoch && m.last_seq > pos.seq {
                     pos = Position {
                         epoch: m.epoch,

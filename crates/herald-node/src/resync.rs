@@ -11,6 +11,7 @@ use futures_util::StreamExt;
 use herald_proto::Position;
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::sync::{mpsc, watch};
 
 /// Channels checked against the store at once after a fabric reconnect.
@@ -63,9 +64,11 @@ pub(crate) async fn run(
 }
 
 async fn catch_up(node: &Node, slot: &Arc<Slot>) {
-    let meta = match node.reads.channel_meta(&slot.channel).await {
-        Ok(Some(m)) => m,
-        Ok(None) => return,
+    // Only reads started after the fabric's signal count: the point is to see what was
+    // published before it.
+    let meta = match node.reads.channel_meta(&slot.channel, Instant::now()).await {
+        Ok((Some(m), _)) => m,
+        Ok((None, _)) => return,
         Err(e) => {
             tracing::warn!(channel = %slot.channel, error = %e, "resync failed; the next message repairs the gap");
             return;
@@ -83,7 +86,7 @@ async fn catch_up(node: &Node, slot: &Arc<Slot>) {
     Counters::bump(&node.counters.resync_repairs);
     let missing = match node
         .reads
-        .read_range(&slot.channel, here.seq, MAX_REPAIR)
+        .read_range(&slot.channel, here.seq, MAX_REPAIR, Instant::now())
         .await
     {
         Ok(m) => m,
