@@ -3,12 +3,14 @@
 //! fabric. Ephemeral messages skip the store.
 
 mod error;
+mod ownership;
 mod policy;
 mod retention;
 mod sequencer;
 mod stats;
 
 pub use error::{ErrorKind, PublishError};
+pub use ownership::{Ownership, Term};
 pub use policy::{NamespacePolicy, Policies};
 pub use stats::DispatcherStats;
 
@@ -76,7 +78,7 @@ pub struct Dispatcher {
     config: DispatcherConfig,
     counters: Arc<Counters>,
     closed: AtomicBool,
-    forget_heads: Arc<AtomicBool>,
+    ownership: Option<Arc<dyn Ownership>>,
     stop: watch::Sender<bool>,
     tasks: parking_lot::Mutex<Vec<JoinHandle<()>>>,
     thread: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -84,23 +86,25 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     /// Starts the sequencer and the retention sweeper. Must be called inside a tokio runtime.
+    /// `ownership`: the leases this process writes under when it shares the store with
+    /// other dispatchers; `None` for the sole writer of its store.
     pub fn start(
         store: Arc<dyn Store>,
         fabric: Arc<dyn Fabric>,
         config: DispatcherConfig,
+        ownership: Option<Arc<dyn Ownership>>,
     ) -> Arc<Self> {
         let (jobs_tx, jobs_rx) = mpsc::channel(config.queue_jobs.max(1));
         let (stop, stop_rx) = watch::channel(false);
         let counters = Arc::new(Counters::default());
         let (dirty_tx, dirty_rx) = mpsc::channel(65_536);
-        let forget_heads = Arc::new(AtomicBool::new(false));
         let sequencer = Sequencer::new(
             store.clone(),
             fabric.clone(),
             counters.clone(),
             &config,
             dirty_tx,
-            forget_heads.clone(),
+            ownership.clone(),
         );
         // An embedded store blocks for its fsync anyway: give the sequencer a thread of its
         // own that calls it directly, instead of hopping to the blocking pool and back for
@@ -145,7 +149,7 @@ impl Dispatcher {
             config,
             counters,
             closed: AtomicBool::new(false),
-            forget_heads,
+            ownership,
             stop,
             tasks: parking_lot::Mutex::new(seq_task.into_iter().chain([sweep_task]).collect()),
             thread: parking_lot::Mutex::new(thread),
@@ -268,6 +272,11 @@ impl Dispatcher {
                 .map_err(|e| PublishError::unavailable("fabric_unavailable", e.to_string()))?;
         }
         if !reliable.is_empty() {
+            if let Some(o) = &self.ownership {
+                let channels: Vec<&str> =
+                    reliable.iter().map(|(_, i)| i.channel.as_str()).collect();
+                o.ready(&channels, self.config.publish_timeout).await?;
+            }
             let (reply, done) = oneshot::channel();
             let job = Job {
                 items: reliable,
@@ -306,12 +315,6 @@ impl Dispatcher {
                 r.ok_or_else(|| PublishError::unavailable("internal", "a publish result was lost"))
             })
             .collect()
-    }
-
-    /// Channel ownership may have moved (a dispatcher joined or left): the next group
-    /// re-reads each channel's head from the store instead of trusting its cache.
-    pub fn forget_heads(&self) {
-        self.forget_heads.store(true, Ordering::Release);
     }
 
     pub fn stats(&self) -> DispatcherStats {

@@ -1,22 +1,26 @@
-//! The single writer of the embedded dispatcher: takes every queued publish, assigns seqs,
-//! writes them with one durable commit (group commit), answers the publishers, then hands
-//! the messages to the fabric in seq order.
+//! The single writer of a dispatcher: takes every queued publish, assigns seqs, writes them
+//! with one durable commit (group commit), answers the publishers, then hands the messages
+//! to the fabric in seq order.
+//!
+//! In a cluster it writes only channels whose partition lease it holds: it claims a channel
+//! (seal, then read its head) the first time it writes it under a fence, and acknowledges a
+//! write only if the lease was still valid when the write returned.
 
+use crate::ownership::{Ownership, Term};
 use crate::stats::Counters;
 use crate::{now_ms, DispatcherConfig, Policies, PublishError, PublishItem};
 use herald_fabric::{Fabric, FabricMessage};
 use herald_proto::PublishResult;
-use herald_store::{AppendBatch, AppendEntry, BlockingStore, ChannelMeta, Store, StoreError};
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use herald_store::{
+    AppendBatch, AppendEntry, BlockingStore, ChannelMeta, IdempotencyRecord, Store, StoreError,
+};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Channels whose head is cached; past this the cache starts over (heads are re-read).
 const MAX_CACHED_HEADS: usize = 200_000;
-/// Times a group's entries are sequenced again after losing conditional writes.
-const MAX_ATTEMPTS: usize = 5;
 
 pub(crate) type JobResult = Result<Vec<(usize, PublishResult)>, PublishError>;
 
@@ -26,6 +30,17 @@ pub(crate) struct Job {
     pub reply: oneshot::Sender<JobResult>,
 }
 
+/// A channel's head as this writer knows it, and the fence it was claimed under.
+#[derive(Clone, Copy, Debug)]
+struct Head {
+    epoch: u64,
+    last: u64,
+    fence: u64,
+}
+
+/// What became of one item of the group.
+type Outcome = Option<Result<PublishResult, PublishError>>;
+
 pub(crate) struct Sequencer {
     store: Arc<dyn Store>,
     /// Set when the sequencer runs on a thread of its own: store calls block it directly.
@@ -34,12 +49,11 @@ pub(crate) struct Sequencer {
     counters: Arc<Counters>,
     max_group: usize,
     idempotency_window: Duration,
-    /// channel → (epoch, last seq)
-    heads: HashMap<String, (u64, u64)>,
-    dirty: mpsc::Sender<String>,
+    heads: HashMap<String, Head>,
+    /// Channels written, with their last seq, for the retention sweeper.
+    dirty: mpsc::Sender<(String, u64)>,
     policies: Policies,
-    /// Set when channel ownership may have moved: cached heads are re-read from the store.
-    forget_heads: Arc<AtomicBool>,
+    ownership: Option<Arc<dyn Ownership>>,
 }
 
 impl Sequencer {
@@ -48,8 +62,8 @@ impl Sequencer {
         fabric: Arc<dyn Fabric>,
         counters: Arc<Counters>,
         config: &DispatcherConfig,
-        dirty: mpsc::Sender<String>,
-        forget_heads: Arc<AtomicBool>,
+        dirty: mpsc::Sender<(String, u64)>,
+        ownership: Option<Arc<dyn Ownership>>,
     ) -> Self {
         Self {
             store,
@@ -61,7 +75,7 @@ impl Sequencer {
             heads: HashMap::new(),
             dirty,
             policies: config.policies.clone(),
-            forget_heads,
+            ownership,
         }
     }
 
@@ -69,32 +83,6 @@ impl Sequencer {
     pub fn with_blocking(mut self, blocking: Arc<dyn BlockingStore>) -> Self {
         self.blocking = Some(blocking);
         self
-    }
-
-    async fn channel_meta(&self, channel: &str) -> Result<Option<ChannelMeta>, StoreError> {
-        match &self.blocking {
-            Some(b) => b.channel_meta(channel),
-            None => self.store.channel_meta(channel).await,
-        }
-    }
-
-    async fn idempotency_get(
-        &self,
-        channel: &str,
-        key: &str,
-        now: u64,
-    ) -> Result<Option<herald_store::IdempotencyRecord>, StoreError> {
-        match &self.blocking {
-            Some(b) => b.idempotency_get(channel, key, now),
-            None => self.store.idempotency_get(channel, key, now).await,
-        }
-    }
-
-    async fn append(&self, batch: AppendBatch) -> Result<(), StoreError> {
-        match &self.blocking {
-            Some(b) => b.append(&batch),
-            None => self.store.append(batch).await,
-        }
     }
 
     pub async fn run(mut self, mut jobs: mpsc::Receiver<Job>, mut stop: watch::Receiver<bool>) {
@@ -129,220 +117,323 @@ impl Sequencer {
         }
     }
 
-    async fn head(&mut self, channel: &str) -> Result<(u64, u64), PublishError> {
-        if let Some(h) = self.heads.get(channel) {
-            return Ok(*h);
-        }
-        let meta = self
-            .channel_meta(channel)
-            .await
-            .map_err(|e| PublishError::unavailable("store_unavailable", e.to_string()))?;
-        let head = match meta {
-            Some(m) => (m.epoch, m.last_seq),
-            // A new log: its epoch is its creation time, so a log recreated after data loss
-            // gets a different epoch and old cursors are reset instead of misread.
-            None => (now_ms().max(1), 0),
-        };
-        if self.heads.len() >= MAX_CACHED_HEADS {
-            self.heads.clear();
-        }
-        self.heads.insert(channel.to_owned(), head);
-        Ok(head)
-    }
-
-    /// Sequences and writes a group. Entries that lose a conditional write (another
-    /// dispatcher wrote those positions: ownership moved) are sequenced again from the
-    /// store's head and retried; everything written is answered and handed to the fabric.
+    /// Sequences and writes a group, then answers every job: a job whose items all
+    /// succeeded gets their results, any other the first failure among its items.
     async fn commit_group(&mut self, group: Vec<Job>) {
-        if self.forget_heads.swap(false, Ordering::AcqRel) {
-            self.heads.clear();
-        }
-        let mut results: Vec<Vec<Option<PublishResult>>> =
-            group.iter().map(|j| vec![None; j.items.len()]).collect();
-        let mut pending: Vec<(usize, usize)> = group
-            .iter()
-            .enumerate()
-            .flat_map(|(j, job)| (0..job.items.len()).map(move |i| (j, i)))
-            .collect();
-        let mut failure = None;
-        for _ in 0..MAX_ATTEMPTS {
-            if pending.is_empty() {
-                break;
-            }
-            let (batch, owners) = match self.sequence(&group, &pending, &mut results).await {
-                Ok(x) => x,
-                Err(e) => {
-                    failure = Some(e);
-                    break;
-                }
-            };
-            pending.clear();
-            if batch.entries.is_empty() {
-                break;
-            }
-            match self.write(batch, &owners, &mut results).await {
-                Ok(lost) => pending = lost,
-                Err(e) => {
-                    failure = Some(e);
-                    break;
+        let mut out: Vec<Vec<Outcome>> = group.iter().map(|j| vec![None; j.items.len()]).collect();
+        self.process(&group, &mut out).await;
+        for (job, outcomes) in group.into_iter().zip(out) {
+            let mut answer = Vec::with_capacity(outcomes.len());
+            let mut failure = None;
+            for ((i, _), o) in job.items.iter().zip(outcomes) {
+                match o {
+                    Some(Ok(r)) => answer.push((*i, r)),
+                    Some(Err(e)) => {
+                        failure.get_or_insert(e);
+                    }
+                    None => {
+                        failure.get_or_insert_with(|| {
+                            PublishError::unavailable("internal", "a publish result was lost")
+                        });
+                    }
                 }
             }
-        }
-        let failure = failure.unwrap_or_else(|| {
-            PublishError::unavailable(
-                "write_conflict",
-                "another dispatcher kept writing this channel; retry",
-            )
-        });
-        for (job, out) in group.into_iter().zip(results) {
-            let answer = out
-                .into_iter()
-                .zip(&job.items)
-                .map(|(r, (i, _))| r.map(|r| (*i, r)))
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| failure.clone());
-            let _ = job.reply.send(answer);
+            let _ = job.reply.send(match failure {
+                None => Ok(answer),
+                Some(e) => Err(e),
+            });
         }
     }
 
-    /// Assigns positions to the `pending` items (`(job, item)` indices). Duplicates of an
-    /// earlier publish are answered in `results` directly; the rest become the batch, with
-    /// the `(job, item)` of each entry.
-    async fn sequence(
-        &mut self,
-        group: &[Job],
-        pending: &[(usize, usize)],
-        results: &mut [Vec<Option<PublishResult>>],
-    ) -> Result<(AppendBatch, Vec<(usize, usize)>), PublishError> {
+    fn term_of(&self, channel: &str) -> Option<Term> {
+        match &self.ownership {
+            None => Some(Term::SOLE),
+            Some(o) => o.term(channel),
+        }
+    }
+
+    async fn process(&mut self, group: &[Job], out: &mut [Vec<Outcome>]) {
+        // Only channels whose partition this process holds are written.
+        let mut pending: Vec<(usize, usize, Term)> = Vec::new();
+        for (j, job) in group.iter().enumerate() {
+            for (k, (_, item)) in job.items.iter().enumerate() {
+                match self.term_of(&item.channel) {
+                    Some(t) => pending.push((j, k, t)),
+                    None => out[j][k] = Some(Err(not_owner(&item.channel))),
+                }
+            }
+        }
+        let item = |j: usize, k: usize| &group[j].items[k].1;
+
+        // Channels first written under this fence: claim them (all at once).
+        let mut to_claim: Vec<(&str, Term)> = Vec::new();
+        let mut seen = HashSet::new();
+        for &(j, k, t) in &pending {
+            let c = item(j, k).channel.as_str();
+            if self.heads.get(c).map(|h| h.fence) != Some(t.fence) && seen.insert(c) {
+                to_claim.push((c, t));
+            }
+        }
+        let claimed = self.claim_all(&to_claim).await;
+        let mut failed: HashMap<&str, PublishError> = HashMap::new();
+        for ((c, t), res) in to_claim.iter().zip(claimed) {
+            match res {
+                Ok(meta) => self.remember(c, meta, t.fence),
+                Err(e) => {
+                    self.heads.remove(*c);
+                    failed.insert(c, store_error(&e));
+                }
+            }
+        }
+        pending.retain(|&(j, k, _)| match failed.get(item(j, k).channel.as_str()) {
+            Some(e) => {
+                out[j][k] = Some(Err(e.clone()));
+                false
+            }
+            None => true,
+        });
+
+        // Earlier publishes with the same idempotency keys.
         let now = now_ms();
+        let mut keys: Vec<(&str, &str)> = pending
+            .iter()
+            .filter_map(|&(j, k, _)| {
+                let it = item(j, k);
+                Some((it.channel.as_str(), it.idempotency_key.as_deref()?))
+            })
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let found = self.lookup_keys(&keys, now).await;
+        let earlier: HashMap<(&str, &str), Result<Option<IdempotencyRecord>, StoreError>> =
+            keys.into_iter().zip(found).collect();
+
+        // Positions.
         let expires = now.saturating_add(self.idempotency_window.as_millis() as u64);
         let mut batch = AppendBatch::default();
-        let mut owners = Vec::with_capacity(pending.len());
-        let mut seen_keys: HashMap<(&str, &str), (u64, u64)> = HashMap::new();
+        let mut owners: Vec<(usize, usize, Term)> = Vec::with_capacity(pending.len());
+        let mut in_group: HashMap<(&str, &str), (u64, u64)> = HashMap::new();
         let mut duplicates = 0;
-        for &(j, k) in pending {
-            let item = &group[j].items[k].1;
-            if let Some(key) = item.idempotency_key.as_deref() {
-                let earlier = match seen_keys.get(&(item.channel.as_str(), key)) {
-                    Some(pos) => Some(*pos),
-                    None => self
-                        .idempotency_get(&item.channel, key, now)
-                        .await
-                        .map_err(|e| PublishError::unavailable("store_unavailable", e.to_string()))?
-                        .map(|r| (r.epoch, r.seq)),
+        for &(j, k, t) in &pending {
+            let it = item(j, k);
+            if let Some(key) = it.idempotency_key.as_deref() {
+                let id = (it.channel.as_str(), key);
+                let before = match in_group.get(&id) {
+                    Some(pos) => Ok(Some(*pos)),
+                    None => match earlier.get(&id) {
+                        Some(Ok(r)) => Ok(r.map(|r| (r.epoch, r.seq))),
+                        Some(Err(e)) => Err(store_error(e)),
+                        None => Ok(None),
+                    },
                 };
-                if let Some((epoch, seq)) = earlier {
-                    duplicates += 1;
-                    results[j][k] = Some(PublishResult {
-                        channel: item.channel.clone(),
-                        epoch: Some(epoch),
-                        seq: Some(seq),
-                        duplicate: true,
-                    });
-                    continue;
+                match before {
+                    Ok(Some((epoch, seq))) => {
+                        duplicates += 1;
+                        out[j][k] = Some(Ok(PublishResult {
+                            channel: it.channel.clone(),
+                            epoch: Some(epoch),
+                            seq: Some(seq),
+                            duplicate: true,
+                        }));
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        out[j][k] = Some(Err(e));
+                        continue;
+                    }
                 }
             }
-            let (epoch, last) = self.head(&item.channel).await?;
-            let seq = last + 1;
-            self.heads.insert(item.channel.clone(), (epoch, seq));
-            if let Some(key) = item.idempotency_key.as_deref() {
-                seen_keys.insert((item.channel.as_str(), key), (epoch, seq));
+            let Some(head) = self.heads.get_mut(&it.channel) else {
+                out[j][k] = Some(Err(PublishError::unavailable(
+                    "internal",
+                    "channel head missing after its claim",
+                )));
+                continue;
+            };
+            head.last += 1;
+            let (epoch, seq) = (head.epoch, head.last);
+            if let Some(key) = it.idempotency_key.as_deref() {
+                in_group.insert((it.channel.as_str(), key), (epoch, seq));
             }
-            let ttl = self.policies.for_channel(&item.channel).retention.max_age;
+            let ttl = self.policies.for_channel(&it.channel).retention.max_age;
             batch.entries.push(AppendEntry {
-                channel: item.channel.clone(),
+                channel: it.channel.clone(),
                 epoch,
                 seq,
                 ts_ms: now,
-                event: item.event.clone().unwrap_or_else(|| "message".to_owned()),
-                data: item.data.clone(),
-                idempotency: item.idempotency_key.clone().map(|k| (k, expires)),
+                event: it.event.clone().unwrap_or_else(|| "message".to_owned()),
+                data: it.data.clone(),
+                idempotency: it.idempotency_key.clone().map(|k| (k, expires)),
                 ttl_secs: u32::try_from(ttl.as_secs()).unwrap_or(u32::MAX),
+                fence: t.fence,
             });
-            owners.push((j, k));
+            owners.push((j, k, t));
         }
         self.counters.add_duplicates(duplicates);
-        Ok((batch, owners))
+        if !batch.entries.is_empty() {
+            self.write(batch, &owners, out).await;
+        }
     }
 
-    /// Writes the batch; on success (full or partial) records the results of what was
-    /// written and hands it to the fabric. Returns the `(job, item)`s that lost a
-    /// conditional write and must be sequenced again.
+    /// Writes the batch, then answers each entry: written under a term still valid, or not
+    /// acknowledged (it may have been stored; an idempotent retry settles it).
     async fn write(
         &mut self,
         batch: AppendBatch,
-        owners: &[(usize, usize)],
-        results: &mut [Vec<Option<PublishResult>>],
-    ) -> Result<Vec<(usize, usize)>, PublishError> {
-        let mut touched: Vec<String> = batch.entries.iter().map(|e| e.channel.clone()).collect();
-        touched.sort_unstable();
-        touched.dedup();
-        let mut lost_from: Vec<(String, u64)> = Vec::new();
+        owners: &[(usize, usize, Term)],
+        out: &mut [Vec<Outcome>],
+    ) {
+        let mut partitions: Vec<u32> = owners.iter().map(|(_, _, t)| t.partition).collect();
+        partitions.sort_unstable();
+        partitions.dedup();
+        if let Some(o) = &self.ownership {
+            for p in &partitions {
+                o.enter(*p);
+            }
+        }
         let entries = batch.entries.clone();
-        match self.append(batch).await {
-            Ok(()) => {}
-            Err(StoreError::Conflict { detail, lost }) => {
-                tracing::info!(%detail, "positions taken by another writer; re-sequencing");
-                self.counters.add_conflict();
-                lost_from = lost;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "durable write failed; publishes refused");
-                self.counters.add_commit_failure();
-                // The positions handed out were not (all) written: forget them so the next
-                // attempt starts from what the store holds.
-                for c in &touched {
-                    self.heads.remove(c);
-                }
-                return Err(PublishError::unavailable(
-                    "store_unavailable",
-                    e.to_string(),
-                ));
-            }
-        }
-        for (c, _) in &lost_from {
-            self.heads.remove(c);
-        }
-        let is_lost = |e: &AppendEntry| {
-            lost_from
-                .iter()
-                .any(|(c, from)| *c == e.channel && e.seq >= *from)
-        };
-        let mut retry = Vec::new();
+        let written = self.append(batch).await;
         let mut messages = Vec::with_capacity(entries.len());
-        for (e, &(j, k)) in entries.iter().zip(owners) {
-            if is_lost(e) {
-                retry.push((j, k));
-                continue;
+        let mut last: HashMap<&str, u64> = HashMap::new();
+        match written {
+            Ok(()) => {
+                self.counters.add_commit();
+                for (e, &(j, k, t)) in entries.iter().zip(owners) {
+                    if !self.still_valid(t) {
+                        self.counters.add_fenced();
+                        self.heads.remove(&e.channel);
+                        out[j][k] = Some(Err(PublishError::unavailable(
+                            "lease_lost",
+                            format!(
+                                "this dispatcher's lease on {} ended during the write; it may \
+                                 have been stored: retry with the same idempotency key",
+                                e.channel
+                            ),
+                        )));
+                        continue;
+                    }
+                    out[j][k] = Some(Ok(PublishResult {
+                        channel: e.channel.clone(),
+                        epoch: Some(e.epoch),
+                        seq: Some(e.seq),
+                        duplicate: false,
+                    }));
+                    last.insert(e.channel.as_str(), e.seq);
+                    messages.push(FabricMessage {
+                        channel: Arc::from(e.channel.as_str()),
+                        epoch: e.epoch,
+                        seq: e.seq,
+                        ts_ms: e.ts_ms,
+                        event: Arc::from(e.event.as_str()),
+                        data: e.data.clone(),
+                        conflation_key: None,
+                    });
+                }
             }
-            results[j][k] = Some(PublishResult {
-                channel: e.channel.clone(),
-                epoch: Some(e.epoch),
-                seq: Some(e.seq),
-                duplicate: false,
-            });
-            messages.push(FabricMessage {
-                channel: Arc::from(e.channel.as_str()),
-                epoch: e.epoch,
-                seq: e.seq,
-                ts_ms: e.ts_ms,
-                event: Arc::from(e.event.as_str()),
-                data: e.data.clone(),
-                conflation_key: None,
-            });
+            Err(err) => {
+                tracing::error!(error = %err, "durable write failed; publishes refused");
+                self.counters.add_commit_failure();
+                let failure = store_error(&err);
+                for (e, &(j, k, _)) in entries.iter().zip(owners) {
+                    // Some of it may have landed: the next write re-reads where the log is.
+                    self.heads.remove(&e.channel);
+                    out[j][k] = Some(Err(failure.clone()));
+                }
+            }
         }
-        self.counters.add_commit();
+        if let Some(o) = &self.ownership {
+            for p in &partitions {
+                o.leave(*p);
+            }
+        }
         self.counters.add_reliable(messages.len() as u64);
-        for c in touched {
-            // Retention is best-effort bookkeeping: if the sweeper is behind, the periodic
-            // full sweep catches the channel.
-            let _ = self.dirty.try_send(c);
+        for (c, seq) in last {
+            // Retention is best-effort bookkeeping: if the sweeper is behind, a later write
+            // of the channel brings it back.
+            let _ = self.dirty.try_send((c.to_owned(), seq));
         }
         if !messages.is_empty() {
             if let Err(e) = self.fabric.publish(messages).await {
                 tracing::warn!(error = %e, "fabric publish failed; nodes repair from the store");
             }
         }
-        Ok(retry)
+    }
+
+    fn still_valid(&self, t: Term) -> bool {
+        self.ownership.as_ref().is_none_or(|o| o.still_valid(t))
+    }
+
+    fn remember(&mut self, channel: &str, meta: Option<ChannelMeta>, fence: u64) {
+        if self.heads.len() >= MAX_CACHED_HEADS {
+            self.heads.clear();
+        }
+        let head = match meta {
+            Some(m) => Head {
+                epoch: m.epoch,
+                last: m.last_seq,
+                fence,
+            },
+            // A new log: its epoch is its creation time, so a log recreated after data loss
+            // (or after everything in it expired) gets a different epoch and old cursors are
+            // reset instead of misread.
+            None => Head {
+                epoch: now_ms().max(1),
+                last: 0,
+                fence,
+            },
+        };
+        self.heads.insert(channel.to_owned(), head);
+    }
+
+    async fn claim_all(
+        &self,
+        channels: &[(&str, Term)],
+    ) -> Vec<Result<Option<ChannelMeta>, StoreError>> {
+        if let Some(b) = &self.blocking {
+            return channels.iter().map(|(c, _)| b.channel_meta(c)).collect();
+        }
+        self.counters.add_claims(channels.len() as u64);
+        futures_util::future::join_all(channels.iter().map(|(c, t)| self.store.claim(c, t.fence)))
+            .await
+    }
+
+    async fn lookup_keys(
+        &self,
+        keys: &[(&str, &str)],
+        now: u64,
+    ) -> Vec<Result<Option<IdempotencyRecord>, StoreError>> {
+        if let Some(b) = &self.blocking {
+            return keys
+                .iter()
+                .map(|(c, k)| b.idempotency_get(c, k, now))
+                .collect();
+        }
+        futures_util::future::join_all(
+            keys.iter()
+                .map(|(c, k)| self.store.idempotency_get(c, k, now)),
+        )
+        .await
+    }
+
+    async fn append(&self, batch: AppendBatch) -> Result<(), StoreError> {
+        match &self.blocking {
+            Some(b) => b.append(&batch),
+            None => self.store.append(batch).await,
+        }
+    }
+}
+
+fn not_owner(channel: &str) -> PublishError {
+    PublishError::unavailable(
+        "not_owner",
+        format!("this dispatcher does not hold the lease of {channel}'s partition; retry"),
+    )
+}
+
+fn store_error(e: &StoreError) -> PublishError {
+    match e {
+        StoreError::Fenced(m) => PublishError::unavailable("not_owner", m.clone()),
+        other => PublishError::unavailable("store_unavailable", other.to_string()),
     }
 }

@@ -8,8 +8,10 @@ pub struct DispatcherStats {
     pub duplicates: u64,
     pub commits: u64,
     pub commit_failures: u64,
-    /// Group commits that lost conditional writes to another dispatcher and re-sequenced.
-    pub conflicts: u64,
+    /// Channels taken over (sealed and read) under a new lease fence.
+    pub claims: u64,
+    /// Writes not acknowledged because the lease ended while they were in flight.
+    pub fenced: u64,
     pub trimmed: u64,
 }
 
@@ -20,7 +22,8 @@ pub(crate) struct Counters {
     duplicates: AtomicU64,
     commits: AtomicU64,
     commit_failures: AtomicU64,
-    conflicts: AtomicU64,
+    claims: AtomicU64,
+    fenced: AtomicU64,
     trimmed: AtomicU64,
 }
 
@@ -40,8 +43,11 @@ impl Counters {
     pub fn add_commit_failure(&self) {
         self.commit_failures.fetch_add(1, Relaxed);
     }
-    pub fn add_conflict(&self) {
-        self.conflicts.fetch_add(1, Relaxed);
+    pub fn add_claims(&self, n: u64) {
+        self.claims.fetch_add(n, Relaxed);
+    }
+    pub fn add_fenced(&self) {
+        self.fenced.fetch_add(1, Relaxed);
     }
     pub fn add_trimmed(&self, n: u64) {
         self.trimmed.fetch_add(n, Relaxed);
@@ -53,7 +59,8 @@ impl Counters {
             duplicates: self.duplicates.load(Relaxed),
             commits: self.commits.load(Relaxed),
             commit_failures: self.commit_failures.load(Relaxed),
-            conflicts: self.conflicts.load(Relaxed),
+            claims: self.claims.load(Relaxed),
+            fenced: self.fenced.load(Relaxed),
             trimmed: self.trimmed.load(Relaxed),
         }
     }

@@ -26,6 +26,17 @@ pub fn channel_hash(channel: &str) -> u64 {
     fnv::hash(channel.as_bytes())
 }
 
+/// Channels hash into this many partitions. In a cluster a partition is the unit of write
+/// ownership: one dispatcher at a time holds its lease and sequences its channels.
+pub const PARTITIONS: u32 = 1024;
+
+/// The partition of `channel` (`0..PARTITIONS`).
+pub fn partition_of(channel: &str) -> u32 {
+    // FNV's low bits mix poorly: fold the high half in before taking the remainder.
+    let h = channel_hash(channel);
+    ((h ^ (h >> 32)) % u64::from(PARTITIONS)) as u32
+}
+
 /// Longest cursor text accepted by [`Cursor::decode`], in bytes.
 pub const MAX_CURSOR_LEN: usize = 8192;
 /// Most entries accepted by [`Cursor::decode`].

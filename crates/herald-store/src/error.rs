@@ -11,15 +11,14 @@ pub enum StoreError {
     Task(String),
     #[error("invalid store input: {0}")]
     Invalid(String),
-    /// A conditional write lost: another writer already holds these positions. `lost` names
-    /// each channel that conflicted and its first seq not written by this append; every
-    /// other entry of the append was written. The sequencer re-reads those channels' heads
-    /// and retries their entries.
-    #[error("write conflict: {detail}")]
-    Conflict {
-        detail: String,
-        lost: Vec<(String, u64)>,
-    },
+    /// The writer's ownership of the channel ended (its lease was lost, or another writer
+    /// with a newer fence sealed the channel): nothing more may be acknowledged under it.
+    #[error("not the channel's writer: {0}")]
+    Fenced(String),
+    /// A new owner sealed the channel and has not yet recorded where its log stands; a
+    /// reader retries shortly.
+    #[error("channel {0} is changing owner; retry")]
+    InTransition(String),
 }
 
 impl From<fjall::Error> for StoreError {

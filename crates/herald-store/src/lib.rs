@@ -1,21 +1,25 @@
 //! Durable per-channel message log for Herald: the [`Store`] trait every backend implements,
-//! the embedded [`FjallStore`], and the conformance suite every backend must pass.
+//! the embedded [`FjallStore`], the cluster's [`ScyllaStore`] (feature `scylla`), and the
+//! conformance suite every backend must pass.
 
 mod codec;
 pub mod conformance;
 mod error;
 mod fjall_store;
 #[cfg(feature = "scylla")]
-mod scylla_store;
+mod scylla;
 mod types;
 
 pub use error::StoreError;
 pub use fjall_store::{FjallOptions, FjallStore};
 #[cfg(feature = "scylla")]
-pub use scylla_store::{Member, ScyllaOptions, ScyllaStore};
+pub use scylla::{
+    DispatcherRow, LeaseSnapshot, LeaseTable, PartitionRow, ScyllaOptions, ScyllaStore, Take,
+    WriteClock,
+};
 pub use types::{
-    Ack, AppendBatch, AppendEntry, ChannelMeta, IdempotencyRecord, Retention, StoredMessage,
-    TrimOutcome,
+    Ack, AppendBatch, AppendEntry, ChannelMeta, CqlCounts, IdempotencyRecord, Retention,
+    StoredMessage, TrimOutcome,
 };
 
 use async_trait::async_trait;
@@ -41,6 +45,16 @@ pub trait BlockingStore: Send + Sync {
 pub trait Store: Send + Sync + 'static {
     /// Epoch, last written seq and first retained seq of a channel; `None` if never written.
     async fn channel_meta(&self, channel: &str) -> Result<Option<ChannelMeta>, StoreError>;
+
+    /// The writer's view of a channel it is about to write under ownership term `fence`.
+    /// A store shared by writers that take turns first seals the channel against every
+    /// older term (so nothing a previous owner still had in flight can become visible
+    /// later), then reads what actually landed. Fails with [`StoreError::Fenced`] when a
+    /// newer term has sealed it. A sole writer's store just reads the head.
+    async fn claim(&self, channel: &str, fence: u64) -> Result<Option<ChannelMeta>, StoreError> {
+        let _ = fence;
+        self.channel_meta(channel).await
+    }
 
     /// Writes all entries (and their idempotency records) durably; returns once they would
     /// survive a crash of this process.
@@ -115,4 +129,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// Makes everything written so far durable (used at shutdown).
     async fn flush(&self) -> Result<(), StoreError>;
+
+    /// Whether messages and idempotency records expire by themselves (a per-row TTL from
+    /// [`AppendEntry::ttl_secs`]). The dispatcher then applies only count retention, to the
+    /// channels it wrote, and never lists every channel or scans idempotency records.
+    fn expires_by_ttl(&self) -> bool {
+        false
+    }
+
+    /// Requests sent to the database so far, for stores that talk to one.
+    fn cql_counts(&self) -> Option<CqlCounts> {
+        None
+    }
 }

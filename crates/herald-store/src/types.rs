@@ -37,6 +37,9 @@ pub struct AppendEntry {
     /// Seconds the message lives in a store that expires rows by TTL (the namespace's
     /// retention age); 0: until trimmed. Stores that trim by sweeping ignore it.
     pub ttl_secs: u32,
+    /// The ownership term (lease fence) under which the writer sequenced this entry; 0 for
+    /// a sole writer. Stores shared by several writers record it with the channel's head.
+    pub fence: u64,
 }
 
 /// A group of entries written with one durable commit. Entries of one channel are in seq order.
@@ -84,4 +87,19 @@ pub struct Retention {
 pub struct TrimOutcome {
     pub removed: u64,
     pub first_seq: u64,
+}
+
+/// Requests a store sent to its database since start, by kind (for /metrics and the cluster
+/// bench: what each published message costs the database).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CqlCounts {
+    /// Plain (unconditional) write requests; a batch counts once.
+    pub write_requests: u64,
+    /// Statements inside those requests (a batch of n counts n).
+    pub write_statements: u64,
+    /// Conditional (LWT) requests: each is one consensus (Paxos) round.
+    pub lwt_requests: u64,
+    /// Statements inside conditional requests.
+    pub lwt_statements: u64,
+    pub read_requests: u64,
 }

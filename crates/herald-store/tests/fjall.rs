@@ -27,6 +27,7 @@ async fn fjall_survives_reopen() -> anyhow::Result<()> {
                 data: Bytes::from_static(b"{}"),
                 idempotency: None,
                 ttl_secs: 0,
+                fence: 0,
             })
             .collect();
         store.append(AppendBatch { entries }).await?;

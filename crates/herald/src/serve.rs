@@ -34,7 +34,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let (fabric, incoming) = herald_fabric::in_process(FABRIC_QUEUE);
     let fabric: Arc<dyn Fabric> = Arc::new(fabric);
     let node = Node::start(store.clone(), fabric.clone(), incoming, config.node.clone());
-    let dispatcher = Dispatcher::start(store.clone(), fabric.clone(), config.dispatcher.clone());
+    let dispatcher = Dispatcher::start(
+        store.clone(),
+        fabric.clone(),
+        config.dispatcher.clone(),
+        None,
+    );
     let listener = listen(config.listen).with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
     let state = State::new(&config, Some(node), Some(dispatcher), store, fabric, None);

@@ -5,8 +5,8 @@
 
 use async_trait::async_trait;
 use herald_store::{
-    Ack, AppendBatch, ChannelMeta, IdempotencyRecord, Retention, ScyllaOptions, ScyllaStore, Store,
-    StoreError, StoredMessage, TrimOutcome,
+    Ack, AppendBatch, ChannelMeta, CqlCounts, IdempotencyRecord, Retention, ScyllaOptions,
+    ScyllaStore, Store, StoreError, StoredMessage, TrimOutcome,
 };
 use parking_lot::Mutex;
 use std::sync::{Arc, OnceLock};
@@ -86,6 +86,10 @@ impl Store for ConnectingStore {
         self.get()?.channel_meta(channel).await
     }
 
+    async fn claim(&self, channel: &str, fence: u64) -> Result<Option<ChannelMeta>, StoreError> {
+        self.get()?.claim(channel, fence).await
+    }
+
     async fn append(&self, batch: AppendBatch) -> Result<(), StoreError> {
         self.get()?.append(batch).await
     }
@@ -147,5 +151,19 @@ impl Store for ConnectingStore {
             Some(s) => s.flush().await,
             None => Ok(()),
         }
+    }
+
+    /// Known before the store answers: the sweeper decides its mode at start.
+    fn expires_by_ttl(&self) -> bool {
+        true
+    }
+
+    fn cql_counts(&self) -> Option<CqlCounts> {
+        Some(
+            self.store
+                .get()
+                .map(|s| s.cql_counts().unwrap_or_default())
+                .unwrap_or_default(),
+        )
     }
 }

@@ -3,7 +3,7 @@
 //! `herald migrate`, which creates or updates the ScyllaDB schema.
 
 pub mod connecting_store;
-pub mod membership;
+pub mod leases;
 pub mod routing;
 
 use crate::config::{Config, Needs, ServeArgs};
@@ -12,10 +12,11 @@ use crate::server::{self, State};
 use anyhow::{bail, Context};
 use connecting_store::ConnectingStore;
 use herald_dispatcher::Dispatcher;
+use herald_dispatcher::Ownership;
 use herald_fabric::{Fabric, NatsFabric, NatsOptions};
 use herald_node::Node;
-use herald_store::{Member, ScyllaOptions, ScyllaStore, Store};
-use membership::Membership;
+use herald_store::{ScyllaOptions, ScyllaStore, Store};
+use leases::Leases;
 use routing::Routing;
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,7 +71,8 @@ pub struct RoleArgs {
     /// `host:port` other dispatchers reach this one at (default: the listen address).
     #[arg(long, env = "HERALD_ADVERTISE")]
     pub advertise: Option<String>,
-    /// A dispatcher that stops heartbeating drops out of the cluster after this long.
+    /// A dispatcher's lease: one that stops renewing it (killed, paused, cut off) loses its
+    /// partitions about this long after its last renewal; it renews every quarter of it.
     #[arg(long, env = "HERALD_MEMBERSHIP_TTL_MS", default_value_t = 5000)]
     pub membership_ttl_ms: u64,
     /// Shared by the dispatchers of a cluster to forward publishes to each other.
@@ -173,25 +175,23 @@ async fn serve_role(role: Role, args: RoleArgs, config: Config) -> anyhow::Resul
         Role::Dispatcher => {
             // A dispatcher only publishes to the fabric; what it would receive is dropped.
             drop(incoming);
+            let advertise = args.advertise.clone().unwrap_or_else(|| addr.to_string());
+            let leases = Leases::new(
+                id.clone(),
+                advertise,
+                Duration::from_millis(args.membership_ttl_ms.max(300)),
+            );
+            let ownership: Arc<dyn Ownership> = leases.clone();
             let dispatcher = Dispatcher::start(
                 dyn_store.clone(),
                 dyn_fabric.clone(),
                 config.dispatcher.clone(),
+                Some(ownership),
             );
-            let advertise = args.advertise.clone().unwrap_or_else(|| addr.to_string());
-            let membership = Membership::new(
-                Member {
-                    id: id.clone(),
-                    addr: advertise,
-                },
-                Duration::from_millis(args.membership_ttl_ms.max(300)),
-            );
-            tasks.push(tokio::spawn(membership.clone().run(
-                store.clone(),
-                dispatcher.clone(),
-                stop_rx.clone(),
-            )));
-            let routing = Arc::new(Routing::new(membership, secret)?);
+            tasks.push(tokio::spawn(
+                leases.clone().run(store.clone(), stop_rx.clone()),
+            ));
+            let routing = Arc::new(Routing::new(leases, secret)?);
             (None, Some(dispatcher), Some(routing))
         }
     };

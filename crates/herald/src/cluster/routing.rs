@@ -1,13 +1,14 @@
-//! Sends each reliable publish to the dispatcher that owns its channel, so one process
-//! assigns a channel's seqs at a time. Items this process owns, and ephemeral ones (they
-//! take no seq), are published here. When the owner cannot be reached at all, this process
-//! publishes itself: ownership is soft, and the store's conditional writes keep seqs unique.
+//! Sends each reliable publish to the dispatcher that holds its channel's partition lease
+//! (or should take it), so one process assigns a channel's seqs at a time. Items this
+//! process holds, and ephemeral ones (they take no seq), are published here. When the
+//! holder cannot be reached at all, this process publishes itself: its dispatcher waits
+//! until the lease comes here (the holder's expires, or it is given up), never writing
+//! without one.
 
-use super::membership::Membership;
+use super::leases::{Leases, Member, Route};
 use crate::server::error::ApiError;
 use herald_dispatcher::{Dispatcher, PublishItem};
 use herald_proto::{PublishBatchResponse, PublishResult};
-use herald_store::Member;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use std::collections::BTreeMap;
@@ -20,7 +21,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub struct Routing {
-    membership: Arc<Membership>,
+    leases: Arc<Leases>,
     http: reqwest::Client,
     secret: String,
 }
@@ -41,14 +42,14 @@ struct ForwardedItem<'a> {
 }
 
 impl Routing {
-    pub fn new(membership: Arc<Membership>, secret: String) -> anyhow::Result<Self> {
+    pub fn new(leases: Arc<Leases>, secret: String) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
             .pool_max_idle_per_host(64)
             .build()?;
         Ok(Self {
-            membership,
+            leases,
             http,
             secret,
         })
@@ -75,10 +76,11 @@ impl Routing {
         let mut local: Vec<(usize, PublishItem)> = Vec::new();
         let mut remote: BTreeMap<String, (Member, Vec<(usize, PublishItem)>)> = BTreeMap::new();
         for (i, item) in items.into_iter().enumerate() {
-            match (!item.ephemeral)
-                .then(|| self.membership.owner_of(&item.channel))
-                .flatten()
-            {
+            let route = (!item.ephemeral).then(|| self.leases.route(&item.channel));
+            match route.and_then(|r| match r {
+                Route::There(m) => Some(m),
+                Route::Here => None,
+            }) {
                 Some(owner) => remote
                     .entry(owner.id.clone())
                     .or_insert_with(|| (owner, Vec::new()))

@@ -237,11 +237,21 @@ pub fn metrics(state: &State) -> Response<ResponseBody> {
     );
     metric(
         &mut out,
-        "herald_write_conflicts_total",
+        "herald_channel_claims_total",
         c,
-        "Group commits that lost conditional writes to another dispatcher and re-sequenced.",
-        d.conflicts,
+        "Channels taken over (sealed, then read) under a new partition lease.",
+        d.claims,
     );
+    metric(
+        &mut out,
+        "herald_fenced_writes_total",
+        c,
+        "Writes not acknowledged because this dispatcher's lease ended while they were in flight.",
+        d.fenced,
+    );
+    if let Some(q) = state.store.cql_counts() {
+        cql_metrics(&mut out, q);
+    }
     metric(
         &mut out,
         "herald_fabric_ready",
@@ -260,4 +270,30 @@ pub fn metrics(state: &State) -> Response<ResponseBody> {
         HeaderValue::from_static("text/plain; version=0.0.4"),
     );
     resp
+}
+
+/// What this process asked of ScyllaDB / Cassandra, by kind of request.
+fn cql_metrics(out: &mut String, q: herald_store::CqlCounts) {
+    use std::fmt::Write;
+    let _ = writeln!(
+        out,
+        "# HELP herald_cql_requests_total CQL requests sent to the store, by kind \
+         (lwt: conditional, one Paxos round each)."
+    );
+    let _ = writeln!(out, "# TYPE herald_cql_requests_total counter");
+    for (kind, v) in [
+        ("write", q.write_requests),
+        ("lwt", q.lwt_requests),
+        ("read", q.read_requests),
+    ] {
+        let _ = writeln!(out, "herald_cql_requests_total{{kind=\"{kind}\"}} {v}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP herald_cql_statements_total Statements inside those requests (a batch of n counts n)."
+    );
+    let _ = writeln!(out, "# TYPE herald_cql_statements_total counter");
+    for (kind, v) in [("write", q.write_statements), ("lwt", q.lwt_statements)] {
+        let _ = writeln!(out, "herald_cql_statements_total{{kind=\"{kind}\"}} {v}");
+    }
 }
