@@ -317,6 +317,11 @@ impl Dispatcher {
             .collect()
     }
 
+    /// Whether publishes are taken without waiting for leases (always, for a sole writer).
+    pub fn started(&self) -> bool {
+        self.ownership.as_ref().is_none_or(|o| o.started())
+    }
+
     pub fn stats(&self) -> DispatcherStats {
         self.counters.snapshot()
     }

@@ -42,4 +42,10 @@ pub trait Ownership: Send + Sync + 'static {
     /// Whether a write made under `term` may be acknowledged now: the lease is still held,
     /// and will be for longer than anyone else could take it.
     fn still_valid(&self, term: Term) -> bool;
+
+    /// Whether this process has taken its share of partitions once since it started (it is
+    /// ready to take publishes without making them wait).
+    fn started(&self) -> bool {
+        true
+    }
 }

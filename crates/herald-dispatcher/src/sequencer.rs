@@ -424,16 +424,19 @@ impl Sequencer {
     }
 }
 
+/// The lease moved between the publish's admission and its sequencing. Other items of the
+/// same request may have been written, so this is not `not_owner` (which routing retries
+/// elsewhere as nothing was written): the publisher retries, with its idempotency keys.
 fn not_owner(channel: &str) -> PublishError {
     PublishError::unavailable(
-        "not_owner",
-        format!("this dispatcher does not hold the lease of {channel}'s partition; retry"),
+        "lease_lost",
+        format!("this dispatcher no longer holds the lease of {channel}'s partition; retry"),
     )
 }
 
 fn store_error(e: &StoreError) -> PublishError {
     match e {
-        StoreError::Fenced(m) => PublishError::unavailable("not_owner", m.clone()),
+        StoreError::Fenced(m) => PublishError::unavailable("lease_lost", m.clone()),
         other => PublishError::unavailable("store_unavailable", other.to_string()),
     }
 }

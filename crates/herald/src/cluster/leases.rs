@@ -23,7 +23,7 @@ use herald_proto::{partition_of, PARTITIONS};
 use herald_store::{DispatcherRow, LeaseSnapshot, LeaseTable, Take, WriteClock};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
@@ -77,6 +77,8 @@ struct View {
     live: HashMap<String, Member>,
     /// Per partition: the holder's key (if live), else the desired owner's.
     route: Vec<Option<String>>,
+    /// Per partition: the live dispatcher that should hold it.
+    desired: Vec<Option<String>>,
 }
 
 pub struct Leases {
@@ -87,6 +89,8 @@ pub struct Leases {
     view: RwLock<View>,
     changed: Notify,
     inflight: Box<[AtomicU32]>,
+    /// Set once this process held every partition it should (after its first rounds).
+    started: AtomicBool,
 }
 
 fn new_key(id: &str) -> String {
@@ -122,6 +126,7 @@ impl Leases {
             view: RwLock::new(View::default()),
             changed: Notify::new(),
             inflight: (0..PARTITIONS).map(|_| AtomicU32::new(0)).collect(),
+            started: AtomicBool::new(false),
         })
     }
 
@@ -133,8 +138,15 @@ impl Leases {
     /// Where publishes of `channel` go: the holder of its partition, or the dispatcher that
     /// should take it.
     pub fn route(&self, channel: &str) -> Route {
-        let p = partition_of(channel) as usize;
-        let key = self.state.lock().key.clone();
+        let partition = partition_of(channel);
+        let p = partition as usize;
+        let key = {
+            let st = self.state.lock();
+            if st.held.get(&partition).is_some_and(|h| !h.releasing) {
+                return Route::Here;
+            }
+            st.key.clone()
+        };
         let view = self.view.read();
         match view.route.get(p).cloned().flatten() {
             Some(k) if k != key => match view.live.get(&k) {
@@ -236,6 +248,25 @@ impl Leases {
                 self.keep_alive(table, clock).await?;
             }
             self.changed.notify_waiters();
+        }
+        if !self.started.load(Ordering::Acquire) {
+            let st = self.state.lock();
+            let mine = desired
+                .iter()
+                .enumerate()
+                .filter(|(_, d)| d.as_deref() == Some(&me));
+            let all_held = st.valid_until.is_some_and(|v| Instant::now() < v)
+                && mine.clone().count() > 0
+                && mine
+                    .into_iter()
+                    .all(|(p, _)| st.held.contains_key(&(p as u32)));
+            if all_held {
+                self.started.store(true, Ordering::Release);
+                tracing::info!(
+                    partitions = st.held.len(),
+                    "holding this dispatcher's share of partitions"
+                );
+            }
         }
         Ok(())
     }
@@ -344,6 +375,7 @@ impl Leases {
         *self.view.write() = View {
             live: members,
             route,
+            desired: desired.to_vec(),
         };
     }
 
@@ -471,6 +503,15 @@ impl Leases {
         }
     }
 
+    /// Whether waiting for `partition` makes sense: this process should hold it (or has
+    /// not read the lease table yet).
+    fn may_come_here(&self, partition: u32) -> bool {
+        let key = self.state.lock().key.clone();
+        let view = self.view.read();
+        view.desired.is_empty()
+            || view.desired.get(partition as usize).cloned().flatten() == Some(key)
+    }
+
     fn holds(&self, partition: u32) -> Option<u64> {
         let st = self.state.lock();
         let valid = st.valid_until.is_some_and(|v| Instant::now() < v);
@@ -491,6 +532,12 @@ impl Ownership for Leases {
                 .iter()
                 .find(|c| self.holds(partition_of(c)).is_none());
             let Some(c) = missing else { return Ok(()) };
+            if !self.may_come_here(partition_of(c)) {
+                return Err(PublishError::unavailable(
+                    "not_owner",
+                    format!("another dispatcher holds or is taking {c}'s partition; retry"),
+                ));
+            }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return Err(PublishError::unavailable(
                     "not_owner",
@@ -515,6 +562,10 @@ impl Ownership for Leases {
         if let Some(n) = self.inflight.get(partition as usize) {
             n.fetch_sub(1, Ordering::AcqRel);
         }
+    }
+
+    fn started(&self) -> bool {
+        self.started.load(Ordering::Acquire)
     }
 
     fn still_valid(&self, term: Term) -> bool {

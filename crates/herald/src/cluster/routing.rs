@@ -19,6 +19,10 @@ use std::time::Duration;
 pub const FORWARDED_FOR: &str = "x-herald-forwarded-for";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a publish keeps being routed again while leases move under it (a handoff takes
+/// up to two lease rounds).
+const REROUTE_FOR: Duration = Duration::from_secs(5);
+const REROUTE_PAUSE: Duration = Duration::from_millis(50);
 
 pub struct Routing {
     leases: Arc<Leases>,
@@ -65,7 +69,9 @@ impl Routing {
         diff == 0
     }
 
-    /// Publishes `items` (validated by the caller), each on its channel's owner.
+    /// Publishes `items` (validated by the caller), each on its channel's owner. Items
+    /// refused with `not_owner` (the lease moved before anything was written) are routed
+    /// again, a few times, as the lease table is re-read.
     pub async fn publish(
         &self,
         dispatcher: &Dispatcher,
@@ -73,46 +79,67 @@ impl Routing {
         items: Vec<PublishItem>,
     ) -> Result<Vec<PublishResult>, ApiError> {
         dispatcher.validate(publisher, &items)?;
-        let mut local: Vec<(usize, PublishItem)> = Vec::new();
-        let mut remote: BTreeMap<String, (Member, Vec<(usize, PublishItem)>)> = BTreeMap::new();
-        for (i, item) in items.into_iter().enumerate() {
-            let route = (!item.ephemeral).then(|| self.leases.route(&item.channel));
-            match route.and_then(|r| match r {
-                Route::There(m) => Some(m),
-                Route::Here => None,
-            }) {
-                Some(owner) => remote
-                    .entry(owner.id.clone())
-                    .or_insert_with(|| (owner, Vec::new()))
-                    .1
-                    .push((i, item)),
-                None => local.push((i, item)),
+        let mut results: Vec<Option<PublishResult>> = vec![None; items.len()];
+        let mut pending: Vec<(usize, PublishItem)> = items.into_iter().enumerate().collect();
+        let deadline = tokio::time::Instant::now() + REROUTE_FOR;
+        let mut pause = REROUTE_PAUSE;
+        loop {
+            let last_try = tokio::time::Instant::now() >= deadline;
+            let mut local: Vec<(usize, PublishItem)> = Vec::new();
+            let mut remote: BTreeMap<String, (Member, Vec<(usize, PublishItem)>)> = BTreeMap::new();
+            for (i, item) in pending.drain(..) {
+                match (!item.ephemeral).then(|| self.leases.route(&item.channel)) {
+                    Some(Route::There(owner)) => remote
+                        .entry(owner.id.clone())
+                        .or_insert_with(|| (owner, Vec::new()))
+                        .1
+                        .push((i, item)),
+                    _ => local.push((i, item)),
+                }
             }
-        }
-        let total = local.len() + remote.values().map(|(_, v)| v.len()).sum::<usize>();
-        let mut results: Vec<Option<PublishResult>> = vec![None; total];
-        let remote_calls = remote
-            .into_values()
-            .map(|(owner, items)| self.forward_or_local(dispatcher, publisher, owner, items));
-        let local_call = async {
-            if local.is_empty() {
-                return Ok(Vec::new());
+            let remote_calls = remote
+                .into_values()
+                .map(|(owner, items)| self.forward_or_local(dispatcher, publisher, owner, items));
+            let local_call = self.local(dispatcher, publisher, local);
+            let (local_out, remote_out) =
+                tokio::join!(local_call, futures_util::future::join_all(remote_calls));
+            for part in std::iter::once(local_out).chain(remote_out) {
+                match part {
+                    Ok(done) => {
+                        for (i, r) in done {
+                            results[i] = Some(r);
+                        }
+                    }
+                    Err((e, items)) if e.code == "not_owner" && !last_try => pending.extend(items),
+                    Err((e, _)) => return Err(e),
+                }
             }
-            let (idx, items): (Vec<usize>, Vec<PublishItem>) = local.into_iter().unzip();
-            let out = dispatcher.publish(publisher, items).await?;
-            Ok::<_, ApiError>(idx.into_iter().zip(out).collect::<Vec<_>>())
-        };
-        let (local_out, remote_out) =
-            tokio::join!(local_call, futures_util::future::join_all(remote_calls));
-        for part in std::iter::once(local_out).chain(remote_out) {
-            for (i, r) in part? {
-                results[i] = Some(r);
+            if pending.is_empty() {
+                break;
             }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(400));
         }
         results
             .into_iter()
             .map(|r| r.ok_or_else(|| ApiError::new(500, "internal", "a publish result was lost")))
             .collect()
+    }
+
+    async fn local(
+        &self,
+        dispatcher: &Dispatcher,
+        publisher: &str,
+        items: Vec<(usize, PublishItem)>,
+    ) -> Result<Vec<(usize, PublishResult)>, (ApiError, Vec<(usize, PublishItem)>)> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (idx, list): (Vec<usize>, Vec<PublishItem>) = items.iter().cloned().unzip();
+        match dispatcher.publish(publisher, list).await {
+            Ok(out) => Ok(idx.into_iter().zip(out).collect()),
+            Err(e) => Err((e.into(), items)),
+        }
     }
 
     async fn forward_or_local(
@@ -121,30 +148,32 @@ impl Routing {
         publisher: &str,
         owner: Member,
         items: Vec<(usize, PublishItem)>,
-    ) -> Result<Vec<(usize, PublishResult)>, ApiError> {
-        let (idx, items): (Vec<usize>, Vec<PublishItem>) = items.into_iter().unzip();
-        let results = match self.forward(publisher, &owner, &items).await {
+    ) -> Result<Vec<(usize, PublishResult)>, (ApiError, Vec<(usize, PublishItem)>)> {
+        let list: Vec<PublishItem> = items.iter().map(|(_, it)| it.clone()).collect();
+        let results = match self.forward(publisher, &owner, &list).await {
             Ok(r) => r,
             Err(Forward::Unreachable(e)) => {
-                // Nothing reached the owner, so publishing here cannot duplicate anything.
+                // Nothing reached the owner, so publishing here cannot duplicate anything;
+                // this dispatcher waits for the lease (the owner's expires if it is gone).
                 tracing::info!(owner = %owner.id, error = %e, "channel owner unreachable; publishing here");
-                dispatcher.publish(publisher, items).await?
+                return self.local(dispatcher, publisher, items).await;
             }
-            Err(Forward::Failed(e)) => return Err(e),
+            Err(Forward::Failed(e)) => return Err((e, items)),
         };
-        if results.len() != idx.len() {
-            return Err(ApiError::new(
+        if results.len() != items.len() {
+            let e = ApiError::new(
                 502,
                 "forward_failed",
                 format!(
                     "owner {} answered {} results for {}",
                     owner.id,
                     results.len(),
-                    idx.len()
+                    items.len()
                 ),
-            ));
+            );
+            return Err((e, items));
         }
-        Ok(idx.into_iter().zip(results).collect())
+        Ok(items.into_iter().map(|(i, _)| i).zip(results).collect())
     }
 
     async fn forward(
@@ -200,6 +229,14 @@ impl Routing {
             .map_err(|e| Forward::Failed(ApiError::new(503, "forward_failed", e.to_string())))?;
         if !status.is_success() {
             let text = String::from_utf8_lossy(&body);
+            if status.as_u16() == 503 && text.contains("\"not_owner\"") {
+                // The lease moved before anything was written there: route again.
+                return Err(Forward::Failed(ApiError::new(
+                    503,
+                    "not_owner",
+                    format!("{} no longer holds the channel's lease", owner.id),
+                )));
+            }
             return Err(Forward::Failed(ApiError::new(
                 if status.as_u16() == 503 { 503 } else { 502 },
                 "owner_refused",

@@ -11,7 +11,8 @@ pub fn healthz() -> Response<ResponseBody> {
     json_status(StatusCode::OK, r#"{"status":"ok"}"#)
 }
 
-/// Ready when not shutting down and the store answers promptly.
+/// Ready when not shutting down, the store answers promptly, the fabric is connected, and
+/// (a cluster dispatcher) it has taken its share of partition leases once.
 pub async fn readyz(state: &State) -> Response<ResponseBody> {
     if state.shutting_down.load(Ordering::Acquire) {
         return json_status(
@@ -24,6 +25,10 @@ pub async fn readyz(state: &State) -> Response<ResponseBody> {
         Ok(Ok(_)) if !state.fabric.is_ready() => json_status(
             StatusCode::SERVICE_UNAVAILABLE,
             r#"{"ready":false,"reason":"fabric_unavailable"}"#,
+        ),
+        Ok(Ok(_)) if state.dispatcher.as_ref().is_some_and(|d| !d.started()) => json_status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            r#"{"ready":false,"reason":"acquiring_leases"}"#,
         ),
         Ok(Ok(_)) => json_status(StatusCode::OK, r#"{"ready":true}"#),
         _ => json_status(
