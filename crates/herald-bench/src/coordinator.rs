@@ -264,7 +264,14 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             args.target == Kind::Herald,
             "the resume scenario uses Herald cursors"
         );
-        resume_from = publisher::backlog(&target, r.channels, args.backlog, args.payload).await?;
+        resume_from = publisher::backlog(
+            &target,
+            r.channels,
+            args.backlog,
+            args.payload,
+            r.publishers,
+        )
+        .await?;
         published = vec![args.backlog; r.channels];
         report.published = args.backlog * r.channels as u64;
         // The storm's window starts before the clients connect.

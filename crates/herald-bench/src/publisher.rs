@@ -187,50 +187,77 @@ pub async fn ingest(
 }
 
 /// Publishes `per_channel` messages (payload counters 1..=per_channel) to every channel with
-/// the batch API (channel c through publish address c % n), and returns per channel the
-/// Herald cursor just before the first of them.
+/// the batch API (channel c through publish address c % n, `concurrency` channels at a time),
+/// and returns per channel the Herald cursor just before the first of them.
 pub async fn backlog(
     target: &Target,
     channels: usize,
     per_channel: u64,
     payload_bytes: usize,
+    concurrency: usize,
 ) -> anyhow::Result<Vec<String>> {
     let http = client();
-    let pad = "x".repeat(payload_bytes.saturating_sub(40));
-    let mut cursors = Vec::with_capacity(channels);
-    for c in 0..channels {
-        let target = target.publisher(c);
-        let mut first: Option<(u64, u64)> = None;
-        let mut s = 0u64;
-        while s < per_channel {
-            let n = (per_channel - s).min(1000);
-            let items: Vec<(usize, String)> = (1..=n).map(|k| (c, payload(s + k, &pad))).collect();
-            let resp = target.publish_batch(&http, &items).send().await?;
-            anyhow::ensure!(
-                resp.status().is_success(),
-                "backlog publish: {}",
-                resp.status()
-            );
-            let body: herald_proto::PublishBatchResponse = resp.json().await?;
-            if first.is_none() {
-                let r = body
-                    .results
-                    .first()
-                    .ok_or_else(|| anyhow::anyhow!("empty batch answer"))?;
-                first = Some((r.epoch.unwrap_or(0), r.seq.unwrap_or(1)));
+    let pad: Arc<str> = Arc::from("x".repeat(payload_bytes.saturating_sub(40)));
+    let concurrency = concurrency.clamp(1, channels.max(1));
+    let mut tasks = JoinSet::new();
+    for k in 0..concurrency {
+        let (target, http, pad) = (target.clone(), http.clone(), pad.clone());
+        tasks.spawn(async move {
+            let mut out = Vec::new();
+            for c in (k..channels).step_by(concurrency) {
+                let cursor = channel_backlog(&target.publisher(c), &http, c, per_channel, &pad)
+                    .await
+                    .map_err(|e| e.context(format!("backlog of channel {c}")))?;
+                out.push((c, cursor));
             }
-            s += n;
+            anyhow::Ok(out)
+        });
+    }
+    let mut cursors = vec![String::new(); channels];
+    while let Some(res) = tasks.join_next().await {
+        for (c, cursor) in res?? {
+            cursors[c] = cursor;
         }
-        let (epoch, seq) = first.unwrap_or((0, 1));
-        let mut cursor = herald_proto::Cursor::default();
-        cursor.set(
-            &crate::target::channel_name(c),
-            herald_proto::Position {
-                epoch,
-                seq: seq.saturating_sub(1),
-            },
-        );
-        cursors.push(cursor.encode());
     }
     Ok(cursors)
+}
+
+async fn channel_backlog(
+    target: &Target,
+    http: &reqwest::Client,
+    c: usize,
+    per_channel: u64,
+    pad: &str,
+) -> anyhow::Result<String> {
+    let mut first: Option<(u64, u64)> = None;
+    let mut s = 0u64;
+    while s < per_channel {
+        let n = (per_channel - s).min(1000);
+        let items: Vec<(usize, String)> = (1..=n).map(|k| (c, payload(s + k, pad))).collect();
+        let resp = target.publish_batch(http, &items).send().await?;
+        anyhow::ensure!(
+            resp.status().is_success(),
+            "backlog publish: {}",
+            resp.status()
+        );
+        let body: herald_proto::PublishBatchResponse = resp.json().await?;
+        if first.is_none() {
+            let r = body
+                .results
+                .first()
+                .ok_or_else(|| anyhow::anyhow!("empty batch answer"))?;
+            first = Some((r.epoch.unwrap_or(0), r.seq.unwrap_or(1)));
+        }
+        s += n;
+    }
+    let (epoch, seq) = first.unwrap_or((0, 1));
+    let mut cursor = herald_proto::Cursor::default();
+    cursor.set(
+        &crate::target::channel_name(c),
+        herald_proto::Position {
+            epoch,
+            seq: seq.saturating_sub(1),
+        },
+    );
+    Ok(cursor.encode())
 }
