@@ -1,13 +1,15 @@
 //! Runs a scenario: starts worker processes holding the connections, publishes, waits for
 //! the deliveries to drain, and gathers everything into a [`Report`].
 
+use crate::measure::Meter;
 use crate::publisher;
-use crate::report::{Percentiles, Report};
+use crate::report::{Percentiles, Report, StoreReport};
 use crate::target::{Kind, Target};
-use crate::worker::{Command, WorkerReport, WorkerSpec};
+use crate::worker::{Command, OrderBy, WorkerReport, WorkerSpec};
 use anyhow::{bail, Context};
 use std::io::Write;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -28,6 +30,13 @@ pub enum Scenario {
     /// Every client connects at once resuming `--backlog` messages behind: time until all
     /// have caught up (Herald only: the cursor is Herald's).
     Resume,
+    /// One channel, single publishes as fast as `--publishers` concurrent publishers go,
+    /// subscribers on every node (order checked by Herald's seq).
+    Hot,
+    /// The store alone: the bench inserts message rows into Cassandra (`--cql`) itself.
+    StoreInsert,
+    /// The same, each insert conditional (`IF NOT EXISTS`: one Paxos round).
+    StoreLwt,
     /// Whatever the flags say.
     Custom,
 }
@@ -38,9 +47,36 @@ pub struct Args {
     /// Preset; explicit flags override its numbers.
     #[arg(long, value_enum, default_value = "custom")]
     pub scenario: Scenario,
-    /// Server address.
+    /// Server address (publishes and subscriptions, unless the two below are given).
     #[arg(long, default_value = "127.0.0.1:7070")]
     pub addr: SocketAddr,
+    /// Cluster: where to publish (dispatchers), comma-separated; publisher task k uses the
+    /// (k mod n)-th.
+    #[arg(long, value_delimiter = ',')]
+    pub publish_addr: Vec<SocketAddr>,
+    /// Cluster: where to subscribe (nodes), comma-separated; connection i uses the
+    /// (i mod n)-th.
+    #[arg(long, value_delimiter = ',')]
+    pub node_addr: Vec<SocketAddr>,
+    /// Role accounting: NAME=PID[,PID…], repeatable (CPU and RSS of those processes).
+    #[arg(long = "role", value_name = "NAME=PID[,PID...]")]
+    pub roles: Vec<String>,
+    /// Role accounting from the pid files of scripts/cluster-up in DIR (dispatcher, node,
+    /// nats, cassandra).
+    #[arg(long)]
+    pub cluster_dir: Option<PathBuf>,
+    /// nats-server monitoring address (host:port) for its /varz counters.
+    #[arg(long)]
+    pub nats_monitor: Option<String>,
+    /// Cassandra contact points (host:port,…): its own counters, and the store scenarios.
+    #[arg(long)]
+    pub cql: Option<String>,
+    /// Herald's keyspace (Cassandra's per-table counts).
+    #[arg(long, default_value = "herald")]
+    pub keyspace: String,
+    /// Keyspace the store scenarios write to (created with replication factor 1).
+    #[arg(long, default_value = "herald_price")]
+    pub price_keyspace: String,
     #[arg(long, value_enum, default_value = "herald")]
     pub target: Kind,
     /// Herald publisher key.
@@ -107,6 +143,8 @@ fn resolve(a: &Args) -> Resolved {
         Scenario::Channels => (10_000, 10_000, 2_000.0, 10.0, 32, 1),
         Scenario::Ingest => (0, 100, 0.0, 10.0, 4, 1000),
         Scenario::Resume => (10_000, 100, 0.0, 0.0, 4, 1000),
+        Scenario::Hot => (30, 1, 0.0, 10.0, 32, 1),
+        Scenario::StoreInsert | Scenario::StoreLwt => (0, 100, 0.0, 10.0, 32, 1),
         Scenario::Custom => (100, 10, 100.0, 5.0, 4, 1),
     };
     Resolved {
@@ -158,10 +196,15 @@ fn server_cpu(pid: Option<u32>) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Runs the benchmark and returns its report (also printed by the caller).
-pub async fn run(args: Args) -> anyhow::Result<Report> {
-    let r = resolve(&args);
-    let token = match (&args.token, &args.jwt_secret) {
+fn scenario_name(s: Scenario) -> String {
+    use clap::ValueEnum;
+    s.to_possible_value()
+        .map(|v| v.get_name().to_owned())
+        .unwrap_or_else(|| format!("{s:?}").to_lowercase())
+}
+
+fn subscriber_token(args: &Args) -> Option<String> {
+    match (&args.token, &args.jwt_secret) {
         (Some(t), _) => Some(t.clone()),
         (None, Some(secret)) => Some(herald_proto::sign_hs256(
             &herald_proto::Claims {
@@ -174,16 +217,30 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             secret.as_bytes(),
         )),
         (None, None) => None,
-    };
+    }
+}
+
+/// Runs the benchmark and returns its report (also printed by the caller).
+pub async fn run(args: Args) -> anyhow::Result<Report> {
+    let r = resolve(&args);
     let target = Target {
         kind: args.target,
-        addr: args.addr,
+        addr: args.publish_addr.first().copied().unwrap_or(args.addr),
+        publish_addrs: args.publish_addr.clone(),
+        node_addrs: args.node_addr.clone(),
         api_key: args.api_key.clone(),
-        token,
+        token: subscriber_token(&args),
     };
+    let store = matches!(args.scenario, Scenario::StoreInsert | Scenario::StoreLwt);
+    let keyspace = if store {
+        &args.price_keyspace
+    } else {
+        &args.keyspace
+    };
+    let mut meter = Meter::new(&args, &target, keyspace).await?;
     let mut report = Report {
-        scenario: format!("{:?}", args.scenario).to_lowercase(),
-        target: format!("{:?} at {}", args.target, args.addr).to_lowercase(),
+        scenario: scenario_name(args.scenario),
+        target: target.describe(),
         connections: r.connections as u64,
         channels: r.channels as u64,
         rate_target: r.rate,
@@ -191,6 +248,9 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         server_pid: args.server_pid,
         ..Report::default()
     };
+    if store {
+        return run_store(&args, &r, meter, report).await;
+    }
     let bench_cpu0 = crate::procstat::own_cpu_seconds();
     if let Some(pid) = args.server_pid {
         report.server_rss_before = crate::procstat::rss_bytes(pid)?;
@@ -204,9 +264,18 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             args.target == Kind::Herald,
             "the resume scenario uses Herald cursors"
         );
-        resume_from = publisher::backlog(&target, r.channels, args.backlog, args.payload).await?;
+        resume_from = publisher::backlog(
+            &target,
+            r.channels,
+            args.backlog,
+            args.payload,
+            r.publishers,
+        )
+        .await?;
         published = vec![args.backlog; r.channels];
         report.published = args.backlog * r.channels as u64;
+        // The storm's window starts before the clients connect.
+        meter.start().await;
     }
     let storm_started = Instant::now();
     let storm_cpu0 = server_cpu(args.server_pid);
@@ -216,6 +285,17 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         0
     };
     let mut storm_done: Option<Duration> = None;
+
+    // Concurrent publishers on one channel: only the server's seq orders its messages.
+    let order = if matches!(args.scenario, Scenario::Hot | Scenario::Ingest) {
+        OrderBy::ServerSeq
+    } else {
+        OrderBy::Payload
+    };
+    anyhow::ensure!(
+        order == OrderBy::Payload || r.connections == 0 || args.target == Kind::Herald,
+        "subscribers of concurrent publishers are checked by Herald's seq"
+    );
 
     // Connections, held by worker processes.
     let mut workers = Vec::new();
@@ -232,6 +312,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             source_ips: args.source_ips,
             connect_concurrency: args.connect_concurrency,
             resume_from: resume_from.clone(),
+            order,
         };
         let mut child = tokio::process::Command::new(&exe)
             .arg("bench-worker")
@@ -293,12 +374,13 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let cpu0 = if args.scenario == Scenario::Resume {
         storm_cpu0
     } else {
+        meter.start().await;
         server_cpu(args.server_pid)
     };
     let sent = Arc::new(AtomicU64::new(0));
     match args.scenario {
-        Scenario::Resume => {}
-        Scenario::Ingest => {
+        Scenario::Resume | Scenario::StoreInsert | Scenario::StoreLwt => {}
+        Scenario::Ingest | Scenario::Hot => {
             let job = publisher::ingest(
                 &target,
                 r.channels,
@@ -315,6 +397,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             report.publish_ms = Percentiles::ms(&out.latency);
             report.ingest_msgs_per_s = out.messages as f64 / out.elapsed.as_secs_f64().max(1e-9);
             report.publish_rate = report.ingest_msgs_per_s;
+            published = out.per_channel;
         }
         _ if r.rate > 0.0 => {
             let job = publisher::paced(
@@ -376,6 +459,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         report.resume_caught_up_s = d.as_secs_f64();
     }
     report.server_cpu_s = server_cpu(args.server_pid) - cpu0;
+    meter.end().await;
 
     let finals = ask_all(
         &mut workers,
@@ -416,6 +500,67 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         report.publishes_per_server_cpu_s = report.published as f64 / report.server_cpu_s;
     }
     report.bench_cpu_s = crate::procstat::own_cpu_seconds() - bench_cpu0 + workers_cpu;
+    // The resume storm's messages were published before its window.
+    let window_publishes = if args.scenario == Scenario::Resume {
+        0
+    } else {
+        report.published
+    };
+    meter.fill(&mut report, window_publishes);
+    Ok(report)
+}
+
+/// store-insert / store-lwt: rows straight into Cassandra, no Herald.
+async fn run_store(
+    args: &Args,
+    r: &Resolved,
+    mut meter: Meter,
+    mut report: Report,
+) -> anyhow::Result<Report> {
+    let session = meter
+        .session()
+        .context("the store scenarios write to Cassandra: give --cql HOST:PORT")?;
+    let lwt = args.scenario == Scenario::StoreLwt;
+    let insert = crate::store_price::prepare(&session, &args.price_keyspace, lwt).await?;
+    report.target = format!(
+        "cassandra at {} (no herald)",
+        args.cql.as_deref().unwrap_or("")
+    );
+    report.connections = 0;
+    report.channels = 100;
+    let bench_cpu0 = crate::procstat::own_cpu_seconds();
+    meter.start().await;
+    let sent = Arc::new(AtomicU64::new(0));
+    let job = crate::store_price::run(
+        session,
+        insert,
+        lwt,
+        r.publishers,
+        r.duration,
+        args.payload,
+        sent.clone(),
+    );
+    let out = with_progress(job, &sent, "rows").await;
+    meter.end().await;
+    eprintln!();
+    let secs = out.elapsed.as_secs_f64().max(1e-9);
+    report.published = out.rows;
+    report.publish_errors = out.errors;
+    report.duration_s = out.elapsed.as_secs_f64();
+    report.publish_ms = Percentiles::ms(&out.latency);
+    report.publish_rate = out.rows as f64 / secs;
+    report.store = Some(StoreReport {
+        keyspace: args.price_keyspace.clone(),
+        conditional: lwt,
+        writers: r.publishers.min(100) as u64,
+        rows: out.rows,
+        errors: out.errors,
+        not_applied: out.not_applied,
+        rows_per_s: out.rows as f64 / secs,
+        write_ms: Percentiles::ms(&out.latency),
+    });
+    report.bench_cpu_s = crate::procstat::own_cpu_seconds() - bench_cpu0;
+    meter.fill(&mut report, out.rows);
     Ok(report)
 }
 

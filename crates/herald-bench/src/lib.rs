@@ -1,12 +1,21 @@
 //! `herald bench`: a load generator that measures Herald (or nginx + nchan, for comparison)
 //! the same way — connections, deliveries checked for loss and order, publish→receive
-//! latency, and the server's memory and CPU read from /proc.
+//! latency, and the server's memory and CPU read from /proc. Against a cluster it publishes
+//! through the dispatchers, subscribes at the nodes, and accounts CPU and memory per role
+//! (dispatchers, nodes, NATS, Cassandra) and the processes' own counters (CQL requests,
+//! NATS messages, Cassandra statements and Paxos writes); the store scenarios price Cassandra
+//! alone.
 
 mod coordinator;
+mod counters;
+mod cql;
+mod measure;
 mod parse;
 pub mod procstat;
 mod publisher;
 mod report;
+mod roles;
+mod store_price;
 pub mod target;
 pub mod worker;
 

@@ -89,7 +89,7 @@ impl Chunked {
 }
 
 /// Splits an SSE body into lines and reports each bench payload `{"s":S,"t":T…}` found in
-/// a `data:` line.
+/// a `data:` line, with the server's `"seq"` of the envelope around it when there is one.
 #[derive(Default)]
 pub struct DataLines {
     line: Vec<u8>,
@@ -100,7 +100,7 @@ pub struct DataLines {
 const MAX_LINE: usize = 1 << 20;
 
 impl DataLines {
-    pub fn feed(&mut self, mut input: &[u8], on_payload: &mut impl FnMut(u64, u64)) {
+    pub fn feed(&mut self, mut input: &[u8], on_payload: &mut impl FnMut(u64, u64, Option<u64>)) {
         while !input.is_empty() {
             match memchr::memchr(b'\n', input) {
                 Some(i) => {
@@ -135,13 +135,22 @@ impl DataLines {
     }
 }
 
-fn handle_line(line: &[u8], on_payload: &mut impl FnMut(u64, u64)) {
+fn handle_line(line: &[u8], on_payload: &mut impl FnMut(u64, u64, Option<u64>)) {
     let Some(rest) = line.strip_prefix(b"data:") else {
         return;
     };
     if let Some((s, t)) = payload(rest) {
-        on_payload(s, t);
+        on_payload(s, t, envelope_seq(rest));
     }
+}
+
+/// The server's `"seq":N` in a Herald envelope (`{"channel":…,"epoch":…,"seq":N,…,"data":…}`),
+/// looked for before the bench payload only.
+pub fn envelope_seq(line: &[u8]) -> Option<u64> {
+    let end = memchr::memmem::find(line, br#"{"s":"#)?;
+    let head = &line[..end];
+    let at = memchr::memmem::find(head, br#""seq":"#)?;
+    number(&head[at + 6..]).map(|(v, _)| v)
 }
 
 /// Finds `{"s":S,"t":T` in `line`.
@@ -191,6 +200,9 @@ mod tests {
         assert_eq!(payload(herald), Some((7, 123456)));
         assert_eq!(payload(br#" {"s":1,"t":2}"#), Some((1, 2)));
         assert_eq!(payload(b" nothing"), None);
+        assert_eq!(envelope_seq(herald), Some(9));
+        assert_eq!(envelope_seq(br#" {"s":1,"t":2}"#), None);
+        assert_eq!(envelope_seq(br#" {"s":1,"t":2,"p":"\"seq\":3"}"#), None);
     }
 
     #[test]
@@ -200,8 +212,8 @@ mod tests {
         for split in 0..body.len() {
             let mut d = DataLines::default();
             let mut got = Vec::new();
-            d.feed(&body[..split], &mut |s, t| got.push((s, t)));
-            d.feed(&body[split..], &mut |s, t| got.push((s, t)));
+            d.feed(&body[..split], &mut |s, t, _| got.push((s, t)));
+            d.feed(&body[split..], &mut |s, t, _| got.push((s, t)));
             assert_eq!(got, vec![(1, 10), (2, 20)], "split at {split}");
         }
     }

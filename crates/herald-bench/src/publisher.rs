@@ -43,7 +43,7 @@ pub async fn paced(
     let started = Instant::now();
     let mut tasks = JoinSet::new();
     for k in 0..publishers {
-        let target = target.clone();
+        let target = target.publisher(k);
         let http = http.clone();
         let pad = pad.clone();
         let sent = sent.clone();
@@ -97,6 +97,8 @@ pub async fn paced(
 
 pub struct Ingest {
     pub messages: u64,
+    /// Acknowledged messages per channel.
+    pub per_channel: Vec<u64>,
     pub errors: u64,
     pub requests: u64,
     pub latency: Hist,
@@ -119,24 +121,27 @@ pub async fn ingest(
     let started = Instant::now();
     let mut tasks = JoinSet::new();
     for k in 0..publishers.max(1) {
-        let target = target.clone();
+        let target = target.publisher(k);
         let http = http.clone();
         let pad = pad.clone();
         let sent = sent.clone();
         tasks.spawn(async move {
             let (mut messages, mut errors, mut requests) = (0u64, 0u64, 0u64);
+            let mut per_channel = vec![0u64; channels.max(1)];
             let mut latency = crate::new_hist();
             let mut n = 0u64;
             while started.elapsed() < duration {
                 let t0 = Instant::now();
+                let first = n;
+                let channel_of = |n: u64| (k + n as usize) % channels.max(1);
                 let rb = if batch <= 1 {
                     n += 1;
-                    target.publish(&http, (k + n as usize) % channels.max(1), &payload(n, &pad))
+                    target.publish(&http, channel_of(n), &payload(n, &pad))
                 } else {
                     let items: Vec<(usize, String)> = (0..batch)
                         .map(|_| {
                             n += 1;
-                            ((k + n as usize) % channels.max(1), payload(n, &pad))
+                            (channel_of(n), payload(n, &pad))
                         })
                         .collect();
                     target.publish_batch(&http, &items)
@@ -146,25 +151,32 @@ pub async fn ingest(
                     Ok(r) if r.status().is_success() => {
                         let m = batch.max(1) as u64;
                         messages += m;
+                        for i in first + 1..=n {
+                            per_channel[channel_of(i)] += 1;
+                        }
                         sent.fetch_add(m, Relaxed);
                         let _ = latency.record(t0.elapsed().as_micros().max(1) as u64);
                     }
                     _ => errors += 1,
                 }
             }
-            (messages, errors, requests, latency)
+            (messages, per_channel, errors, requests, latency)
         });
     }
     let mut out = Ingest {
         messages: 0,
+        per_channel: vec![0; channels.max(1)],
         errors: 0,
         requests: 0,
         latency: crate::new_hist(),
         elapsed: Duration::ZERO,
     };
     while let Some(res) = tasks.join_next().await {
-        if let Ok((m, e, r, h)) = res {
+        if let Ok((m, per_channel, e, r, h)) = res {
             out.messages += m;
+            for (total, mine) in out.per_channel.iter_mut().zip(per_channel) {
+                *total += mine;
+            }
             out.errors += e;
             out.requests += r;
             let _ = out.latency.add(&h);
@@ -175,48 +187,77 @@ pub async fn ingest(
 }
 
 /// Publishes `per_channel` messages (payload counters 1..=per_channel) to every channel with
-/// the batch API, and returns per channel the Herald cursor just before the first of them.
+/// the batch API (channel c through publish address c % n, `concurrency` channels at a time),
+/// and returns per channel the Herald cursor just before the first of them.
 pub async fn backlog(
     target: &Target,
     channels: usize,
     per_channel: u64,
     payload_bytes: usize,
+    concurrency: usize,
 ) -> anyhow::Result<Vec<String>> {
     let http = client();
-    let pad = "x".repeat(payload_bytes.saturating_sub(40));
-    let mut cursors = Vec::with_capacity(channels);
-    for c in 0..channels {
-        let mut first: Option<(u64, u64)> = None;
-        let mut s = 0u64;
-        while s < per_channel {
-            let n = (per_channel - s).min(1000);
-            let items: Vec<(usize, String)> = (1..=n).map(|k| (c, payload(s + k, &pad))).collect();
-            let resp = target.publish_batch(&http, &items).send().await?;
-            anyhow::ensure!(
-                resp.status().is_success(),
-                "backlog publish: {}",
-                resp.status()
-            );
-            let body: herald_proto::PublishBatchResponse = resp.json().await?;
-            if first.is_none() {
-                let r = body
-                    .results
-                    .first()
-                    .ok_or_else(|| anyhow::anyhow!("empty batch answer"))?;
-                first = Some((r.epoch.unwrap_or(0), r.seq.unwrap_or(1)));
+    let pad: Arc<str> = Arc::from("x".repeat(payload_bytes.saturating_sub(40)));
+    let concurrency = concurrency.clamp(1, channels.max(1));
+    let mut tasks = JoinSet::new();
+    for k in 0..concurrency {
+        let (target, http, pad) = (target.clone(), http.clone(), pad.clone());
+        tasks.spawn(async move {
+            let mut out = Vec::new();
+            for c in (k..channels).step_by(concurrency) {
+                let cursor = channel_backlog(&target.publisher(c), &http, c, per_channel, &pad)
+                    .await
+                    .map_err(|e| e.context(format!("backlog of channel {c}")))?;
+                out.push((c, cursor));
             }
-            s += n;
+            anyhow::Ok(out)
+        });
+    }
+    let mut cursors = vec![String::new(); channels];
+    while let Some(res) = tasks.join_next().await {
+        for (c, cursor) in res?? {
+            cursors[c] = cursor;
         }
-        let (epoch, seq) = first.unwrap_or((0, 1));
-        let mut cursor = herald_proto::Cursor::default();
-        cursor.set(
-            &crate::target::channel_name(c),
-            herald_proto::Position {
-                epoch,
-                seq: seq.saturating_sub(1),
-            },
-        );
-        cursors.push(cursor.encode());
     }
     Ok(cursors)
+}
+
+async fn channel_backlog(
+    target: &Target,
+    http: &reqwest::Client,
+    c: usize,
+    per_channel: u64,
+    pad: &str,
+) -> anyhow::Result<String> {
+    let mut first: Option<(u64, u64)> = None;
+    let mut s = 0u64;
+    while s < per_channel {
+        let n = (per_channel - s).min(1000);
+        let items: Vec<(usize, String)> = (1..=n).map(|k| (c, payload(s + k, pad))).collect();
+        let resp = target.publish_batch(http, &items).send().await?;
+        anyhow::ensure!(
+            resp.status().is_success(),
+            "backlog publish: {}",
+            resp.status()
+        );
+        let body: herald_proto::PublishBatchResponse = resp.json().await?;
+        if first.is_none() {
+            let r = body
+                .results
+                .first()
+                .ok_or_else(|| anyhow::anyhow!("empty batch answer"))?;
+            first = Some((r.epoch.unwrap_or(0), r.seq.unwrap_or(1)));
+        }
+        s += n;
+    }
+    let (epoch, seq) = first.unwrap_or((0, 1));
+    let mut cursor = herald_proto::Cursor::default();
+    cursor.set(
+        &crate::target::channel_name(c),
+        herald_proto::Position {
+            epoch,
+            seq: seq.saturating_sub(1),
+        },
+    );
+    Ok(cursor.encode())
 }

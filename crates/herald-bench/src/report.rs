@@ -1,7 +1,10 @@
 //! The bench's result: a human summary and one JSON line.
 
+use crate::counters::Counters;
+use crate::roles::RoleReport;
 use crate::Hist;
 use serde::Serialize;
+use std::collections::BTreeMap;
 
 #[derive(Debug, Default, Serialize)]
 pub struct Percentiles {
@@ -63,6 +66,38 @@ pub struct Report {
     pub ingest_msgs_per_s: f64,
     /// Resume storm: seconds from the first connect until every client had every message.
     pub resume_caught_up_s: f64,
+    /// Role accounting (`--role`, `--cluster-dir`): per role, CPU over the measured window
+    /// and RSS, from each process's /proc.
+    pub roles: BTreeMap<String, RoleReport>,
+    /// The processes' own counters over the measured window (Herald /metrics, NATS /varz,
+    /// Cassandra's virtual tables).
+    pub counters: Option<Counters>,
+    /// store-insert / store-lwt: what the bench wrote to Cassandra itself.
+    pub store: Option<StoreReport>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct StoreReport {
+    pub keyspace: String,
+    /// `IF NOT EXISTS` (one Paxos round per row).
+    pub conditional: bool,
+    pub writers: u64,
+    pub rows: u64,
+    pub errors: u64,
+    pub not_applied: u64,
+    pub rows_per_s: f64,
+    pub write_ms: Percentiles,
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    match v {
+        Some(v) => format!("{v:.digits$}"),
+        None => "n/a".into(),
+    }
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / 1048576.0
 }
 
 impl Report {
@@ -118,6 +153,35 @@ impl Report {
                 self.ingest_msgs_per_s, self.publishes_per_server_cpu_s
             );
         }
+        if let Some(st) = &self.store {
+            println!(
+                "  store         {} rows{} into {}.messages from {} writers: {:.0} rows/s, {} errors, {} not applied; insert p50 {:.2} ms, p99 {:.2} ms",
+                st.rows,
+                if st.conditional { " (IF NOT EXISTS)" } else { "" },
+                st.keyspace,
+                st.writers,
+                st.rows_per_s,
+                st.errors,
+                st.not_applied,
+                st.write_ms.p50,
+                st.write_ms.p99
+            );
+        }
+        for (name, r) in &self.roles {
+            println!(
+                "  role {name:<10} cpu {:.2} s ({} per 1k publishes, {} per 1k deliveries); rss {:.1} → {:.1} MiB; pids {:?}{}",
+                r.cpu_s,
+                opt(r.cpu_s_per_1k_publishes, 3),
+                opt(r.cpu_s_per_1k_deliveries, 4),
+                mib(r.rss_before),
+                mib(r.rss_after),
+                r.pids,
+                if r.gone.is_empty() { String::new() } else { format!(" (gone: {:?})", r.gone) }
+            );
+        }
+        if let Some(c) = &self.counters {
+            self.print_counters(c);
+        }
         if self.server_pid.is_some() {
             println!(
                 "  server cpu    {:.2} s: {:.0} deliveries per server CPU-second; bench cpu {:.2} s",
@@ -127,6 +191,83 @@ impl Report {
         match serde_json::to_string(self) {
             Ok(j) => println!("{j}"),
             Err(e) => eprintln!("report not serializable: {e}"),
+        }
+    }
+}
+
+impl Report {
+    fn print_counters(&self, c: &Counters) {
+        let h = &c.herald;
+        let pm = &c.per_message;
+        println!(
+            "  counters      over {:.1} s, per message of {} published:",
+            c.window_s, pm.messages
+        );
+        println!(
+            "    herald      {} processes: cql requests write {} lwt {} read {}; statements write {} lwt {}; publishes {} deliveries {}",
+            h.processes,
+            opt(h.cql_write_requests, 0),
+            opt(h.cql_lwt_requests, 0),
+            opt(h.cql_read_requests, 0),
+            opt(h.cql_write_statements, 0),
+            opt(h.cql_lwt_statements, 0),
+            opt(h.publishes, 0),
+            opt(h.deliveries, 0)
+        );
+        println!(
+            "                per message: consensus rounds (lwt requests) {}, plain write statements {}, read requests {}",
+            opt(pm.herald_lwt_requests, 4),
+            opt(pm.herald_write_statements, 3),
+            opt(pm.herald_read_requests, 3)
+        );
+        if let Some(n) = &c.nats {
+            println!(
+                "    nats        in {} msgs / {} B, out {} msgs / {} B; per message in {} out {}",
+                n.in_msgs,
+                n.in_bytes,
+                n.out_msgs,
+                n.out_bytes,
+                opt(pm.nats_in_msgs, 2),
+                opt(pm.nats_out_msgs, 2)
+            );
+        }
+        if let Some(k) = &c.cassandra {
+            println!(
+                "    cassandra   statements executed {} ({} per message); system.paxos writes {} ({} per message, ~3 per LWT round)",
+                opt(k.statements_executed, 0),
+                opt(pm.cql_statements, 3),
+                opt(k.paxos_table_writes, 0),
+                opt(pm.paxos_table_writes, 3)
+            );
+            let tables = |m: &Option<BTreeMap<String, f64>>| match m {
+                None => "n/a".to_owned(),
+                Some(m) if m.is_empty() => "none".to_owned(),
+                Some(m) => m
+                    .iter()
+                    .map(|(t, v)| format!("{t} {v:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            };
+            println!(
+                "                coordinator writes in {}: {}; reads: {}",
+                k.keyspace,
+                tables(&k.coordinator_writes),
+                tables(&k.coordinator_reads)
+            );
+            if let Some(m) = &pm.coordinator_writes {
+                if !m.is_empty() {
+                    println!(
+                        "                coordinator writes per message: {}",
+                        m.iter()
+                            .map(|(t, v)| format!("{t} {v:.3}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                }
+            }
+        }
+        for e in &c.errors {
+            println!("    not read:   {e}");
         }
     }
 }

@@ -13,7 +13,15 @@ pub enum Kind {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Target {
     pub kind: Kind,
+    /// Where this target's publishes go (a single server: also where it subscribes).
     pub addr: SocketAddr,
+    /// Cluster mode: the dispatchers; publisher task k publishes to `publish_addrs[k % n]`.
+    /// Empty: everything goes to `addr`.
+    #[serde(default)]
+    pub publish_addrs: Vec<SocketAddr>,
+    /// Cluster mode: the nodes; connection i subscribes at `node_addrs[i % n]`. Empty: `addr`.
+    #[serde(default)]
+    pub node_addrs: Vec<SocketAddr>,
     /// Herald publisher key.
     pub api_key: Option<String>,
     /// Herald subscriber token.
@@ -25,9 +33,61 @@ pub fn channel_name(i: usize) -> String {
 }
 
 impl Target {
-    /// The raw HTTP/1.1 request that opens a stream of one channel, resuming after
+    /// Whether publishes and subscriptions go to different processes.
+    pub fn is_cluster(&self) -> bool {
+        !self.publish_addrs.is_empty() || !self.node_addrs.is_empty()
+    }
+
+    /// The target publisher task `k` uses: the same, with `addr` one of the publish addresses
+    /// (round-robin, so publishers spread evenly over the dispatchers).
+    pub fn publisher(&self, k: usize) -> Target {
+        let mut t = self.clone();
+        if !self.publish_addrs.is_empty() {
+            t.addr = self.publish_addrs[k % self.publish_addrs.len()];
+        }
+        t
+    }
+
+    /// Where connection `i` subscribes: node `i % n` (round-robin), or `addr`.
+    pub fn node_addr(&self, i: usize) -> SocketAddr {
+        if self.node_addrs.is_empty() {
+            self.addr
+        } else {
+            self.node_addrs[i % self.node_addrs.len()]
+        }
+    }
+
+    /// One line naming where publishes and subscriptions go.
+    pub fn describe(&self) -> String {
+        let kind = format!("{:?}", self.kind).to_lowercase();
+        if !self.is_cluster() {
+            return format!("{kind} at {}", self.addr);
+        }
+        let list = |v: &[SocketAddr]| {
+            if v.is_empty() {
+                self.addr.to_string()
+            } else {
+                v.iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            }
+        };
+        format!(
+            "{kind} cluster: publish {}; subscribe {}",
+            list(&self.publish_addrs),
+            list(&self.node_addrs)
+        )
+    }
+
+    /// The raw HTTP/1.1 request that opens a stream of one channel at `host`, resuming after
     /// `last_event_id` when given.
-    pub fn subscribe_request(&self, channel: usize, last_event_id: Option<&str>) -> String {
+    pub fn subscribe_request(
+        &self,
+        host: SocketAddr,
+        channel: usize,
+        last_event_id: Option<&str>,
+    ) -> String {
         let path = match self.kind {
             Kind::Herald => match &self.token {
                 Some(t) => format!("/v1/sse?channel={}&token={t}", channel_name(channel)),
@@ -38,10 +98,7 @@ impl Target {
         let resume = last_event_id
             .map(|id| format!("Last-Event-ID: {id}\r\n"))
             .unwrap_or_default();
-        format!(
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n{resume}\r\n",
-            self.addr
-        )
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n{resume}\r\n")
     }
 
     pub fn base(&self) -> String {
@@ -116,4 +173,39 @@ pub fn now_us() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(publish: &[u16], nodes: &[u16]) -> Target {
+        let a = |p: &u16| SocketAddr::from(([127, 0, 0, 1], *p));
+        Target {
+            kind: Kind::Herald,
+            addr: a(&7070),
+            publish_addrs: publish.iter().map(a).collect(),
+            node_addrs: nodes.iter().map(a).collect(),
+            api_key: None,
+            token: None,
+        }
+    }
+
+    #[test]
+    fn spreads_publishers_and_connections_round_robin() {
+        let t = target(&[1, 2], &[11, 12, 13]);
+        let ports: Vec<u16> = (0..4).map(|k| t.publisher(k).addr.port()).collect();
+        assert_eq!(ports, vec![1, 2, 1, 2]);
+        let ports: Vec<u16> = (0..5).map(|i| t.node_addr(i).port()).collect();
+        assert_eq!(ports, vec![11, 12, 13, 11, 12]);
+        assert!(t.describe().contains("publish 127.0.0.1:1,127.0.0.1:2"));
+        let single = target(&[], &[]);
+        assert!(!single.is_cluster());
+        assert_eq!(single.publisher(3).addr.port(), 7070);
+        assert_eq!(single.node_addr(3).port(), 7070);
+        assert_eq!(single.describe(), "herald at 127.0.0.1:7070");
+        let req = single.subscribe_request(single.node_addr(0), 4, Some("c1"));
+        assert!(req.starts_with("GET /v1/sse?channel=bench-4 HTTP/1.1\r\nHost: 127.0.0.1:7070\r\n"));
+        assert!(req.contains("Last-Event-ID: c1\r\n"));
+    }
 }

@@ -28,6 +28,20 @@ pub struct WorkerSpec {
     /// Per channel: the `Last-Event-ID` to connect with (resume storm), if any.
     #[serde(default)]
     pub resume_from: Vec<String>,
+    /// What orders a channel's deliveries.
+    #[serde(default)]
+    pub order: OrderBy,
+}
+
+/// The counter a connection checks for order, loss and duplicates.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OrderBy {
+    /// The bench payload's `s`: 1, 2, 3 … per channel (one publisher per channel).
+    #[default]
+    Payload,
+    /// The server's `seq` of Herald's envelope: consecutive from the first one received
+    /// (many concurrent publishers on one channel, where only the server decides the order).
+    ServerSeq,
 }
 
 /// What a worker reports.
@@ -178,11 +192,26 @@ async fn connection(i: usize, spec: WorkerSpec, shared: Arc<Shared>, gate: Arc<S
     let mut decoder = Chunked::default();
     let mut lines = DataLines::default();
     let mut last = 0u64;
+    let mut started_at: Option<u64> = None;
     let shard = i % SHARDS;
-    let mut on_payload = |s: u64, t: u64| {
+    let order = spec.order;
+    let mut on_payload = |s: u64, t: u64, seq: Option<u64>| {
         shared.deliveries.fetch_add(1, Relaxed);
         let lat = now_us().saturating_sub(t).max(1);
         let _ = shared.latency[shard].lock().record(lat);
+        let s = match order {
+            OrderBy::Payload => s,
+            OrderBy::ServerSeq => {
+                let Some(seq) = seq else {
+                    // Not a sequenced (reliable) delivery: order cannot be checked.
+                    shared.out_of_order.fetch_add(1, Relaxed);
+                    return;
+                };
+                // The first seq received is this stream's start (it subscribed live).
+                let base = *started_at.get_or_insert(seq.saturating_sub(1));
+                seq.saturating_sub(base)
+            }
+        };
         if s > last {
             if s != last + 1 {
                 shared.out_of_order.fetch_add(1, Relaxed);
@@ -222,12 +251,17 @@ async fn open(
     let octet = 2 + (i % spec.source_ips.max(1) as usize) as u8;
     let sock = TcpSocket::new_v4()?;
     sock.bind(SocketAddr::from((Ipv4Addr::new(127, 0, 0, octet), 0)))?;
-    let mut stream = sock.connect(spec.target.addr).await?;
+    let node = spec.target.node_addr(i);
+    let mut stream = sock.connect(node).await?;
     stream.set_nodelay(true)?;
     stream
         .write_all(
             spec.target
-                .subscribe_request(channel, spec.resume_from.get(channel).map(String::as_str))
+                .subscribe_request(
+                    node,
+                    channel,
+                    spec.resume_from.get(channel).map(String::as_str),
+                )
                 .as_bytes(),
         )
         .await?;

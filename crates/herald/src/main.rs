@@ -52,7 +52,8 @@ enum Command {
     Subscribe(cli::subscribe::Args),
     /// Mint a subscriber token (HS256) for local use.
     Token(cli::token::Args),
-    /// Load-test a server: connections, deliveries, latency, server memory and CPU.
+    /// Load-test a server or a cluster: connections, deliveries, latency, memory and CPU per
+    /// process role, CQL / NATS / Cassandra counters, and the store's own price.
     Bench(herald_bench::Args),
     /// Fault-injecting check of the guarantees: kills and restarts servers under load and
     /// verifies what clients saw (durability, order, gap-free resume, resets, exactly-once).

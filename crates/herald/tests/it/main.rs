@@ -6,6 +6,7 @@ mod bad_input;
 mod bench;
 mod check;
 mod cluster;
+mod cluster_bench;
 mod cluster_support;
 mod common;
 mod crash;

@@ -1,0 +1,226 @@
+//! A seconds-long `herald bench` against a real cluster (1 dispatcher, 2 nodes, NATS, the
+//! Cassandra of `HERALD_CQL`) with role accounting, for a few scenarios: nothing lost,
+//! duplicated or out of order, and Herald's consensus rounds (LWT requests, from its
+//! `/metrics`) per published message at most 0.01. Performance is measured by
+//! `scripts/bench-cluster`, never by timed tests.
+//!
+//! Run: `HERALD_CQL=127.0.0.1:19042 cargo test -p herald --test it cluster_bench`
+//! (skipped with `HERALD_SKIP_CLUSTER=1`, like every cluster test; see `cluster_support`).
+
+use crate::cluster_support::*;
+use crate::common::{API_KEY, SECRET};
+use anyhow::{bail, Context};
+use std::time::Duration;
+
+/// Consensus rounds per published message Herald may spend.
+const MAX_LWT_PER_MESSAGE: f64 = 0.01;
+/// Longest one bench run may take.
+const BENCH_WAIT: Duration = Duration::from_secs(60);
+
+/// The pid of the process whose command line holds each of `runs` (a run: arguments one
+/// directly after the other).
+fn pid_with_args(runs: &[&[&str]]) -> anyhow::Result<u32> {
+    for entry in std::fs::read_dir("/proc")? {
+        let Ok(entry) = entry else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd: Vec<String> = raw
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let holds = |run: &[&str]| {
+            cmd.windows(run.len())
+                .any(|w| w.iter().zip(run).all(|(a, b)| a == b))
+        };
+        if runs.iter().all(|r| holds(r)) {
+            return Ok(pid);
+        }
+    }
+    bail!("no process with {runs:?} in its command line")
+}
+
+fn addr(p: &Proc) -> String {
+    p.base.trim_start_matches("http://").to_owned()
+}
+
+/// One `herald bench` run against the cluster; its JSON report.
+async fn bench(
+    cluster: &Cluster,
+    roles: &[String],
+    args: &[&str],
+) -> anyhow::Result<serde_json::Value> {
+    let nodes: Vec<String> = cluster.nodes.iter().map(addr).collect();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("HERALD_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.arg("bench")
+        .args(["--publish-addr", &addr(&cluster.dispatchers[0])])
+        .args(["--node-addr", &nodes.join(",")])
+        .args(["--api-key", API_KEY, "--jwt-secret", SECRET])
+        .args(["--cql", &cluster.cql, "--keyspace", &cluster.keyspace])
+        .args(["--drain-secs", "10"])
+        .args(roles)
+        .args(args)
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(BENCH_WAIT, cmd.output())
+        .await
+        .with_context(|| format!("herald bench {args:?} did not finish within {BENCH_WAIT:?}"))??;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(
+        out.status.success(),
+        "herald bench {args:?} failed ({}): {stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(json).with_context(|| format!("bench report of {args:?}: {stdout}"))
+}
+
+/// What is wrong with one scenario's report (empty when nothing is).
+fn problems(name: &str, r: &serde_json::Value, roles: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    let n = |k: &str| r[k].as_u64().unwrap_or(u64::MAX);
+    for k in [
+        "lost",
+        "duplicates",
+        "out_of_order",
+        "failed",
+        "closed_early",
+        "publish_errors",
+    ] {
+        if n(k) != 0 {
+            out.push(format!("{name}: {k} = {}", r[k]));
+        }
+    }
+    if n("published") == 0 || n("published") == u64::MAX {
+        out.push(format!("{name}: nothing published"));
+    }
+    if n("deliveries") != n("expected_deliveries") {
+        out.push(format!(
+            "{name}: {} deliveries of {} expected",
+            r["deliveries"], r["expected_deliveries"]
+        ));
+    }
+    for role in roles {
+        let rss = r["roles"][role]["rss_after"].as_u64().unwrap_or(0);
+        if rss == 0 || !r["roles"][role]["cpu_s"].is_number() {
+            out.push(format!(
+                "{name}: no role accounting for {role}: {}",
+                r["roles"]
+            ));
+        }
+    }
+    match r["counters"]["per_message"]["herald_lwt_requests"].as_f64() {
+        None => out.push(format!(
+            "{name}: Herald's LWT requests per message are unknown: its /metrics has no \
+             herald_cql_requests_total{{kind=\"lwt\"}} (counters: {})",
+            r["counters"]["herald"]
+        )),
+        Some(v) if v > MAX_LWT_PER_MESSAGE => out.push(format!(
+            "{name}: {v:.4} LWT requests (Paxos rounds) per published message, more than \
+             {MAX_LWT_PER_MESSAGE} ({} requests for {} messages)",
+            r["counters"]["herald"]["cql_lwt_requests"], r["counters"]["per_message"]["messages"]
+        )),
+        Some(_) => {}
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_bench_smoke_loses_nothing_and_spends_no_consensus_per_message(
+) -> anyhow::Result<()> {
+    let test = "cluster_bench_smoke";
+    let spec = Spec {
+        dispatchers: 1,
+        nodes: 2,
+        ..Spec::default()
+    };
+    let Some(cluster) = Cluster::start(test, spec).await? else {
+        return Ok(());
+    };
+    let ks = cluster.keyspace.clone();
+    let herald_pid = |id: &str| pid_with_args(&[&["--keyspace", &ks], &["--id", id]]);
+    let dispatcher = herald_pid("d0")?;
+    let nodes = [herald_pid("n0")?, herald_pid("n1")?];
+    let nats = pid_with_args(&[&["-a", "127.0.0.1", "-p", &cluster.nats.port.to_string()]])?;
+    let roles = vec![
+        "--role".to_owned(),
+        format!("dispatcher={dispatcher}"),
+        "--role".to_owned(),
+        format!("node={},{}", nodes[0], nodes[1]),
+        "--role".to_owned(),
+        format!("nats={nats}"),
+    ];
+    let scenarios: [(&str, &[&str]); 3] = [
+        (
+            "ingest single",
+            &[
+                "--scenario",
+                "ingest",
+                "--batch",
+                "1",
+                "--publishers",
+                "4",
+                "--duration",
+                "2",
+            ],
+        ),
+        (
+            "fanout across nodes",
+            &[
+                "--scenario",
+                "fanout",
+                "--connections",
+                "20",
+                "--rate",
+                "40",
+                "--duration",
+                "2",
+            ],
+        ),
+        (
+            "hot",
+            &[
+                "--scenario",
+                "hot",
+                "--connections",
+                "10",
+                "--publishers",
+                "8",
+                "--duration",
+                "2",
+            ],
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, args) in scenarios {
+        let r = bench(&cluster, &roles, args)
+            .await
+            .with_context(|| name.to_owned())?;
+        eprintln!(
+            "{test}: {name}: published {} ({:.0}/s), deliveries {}/{}, lwt per message {}",
+            r["published"],
+            r["publish_rate"].as_f64().unwrap_or(0.0),
+            r["deliveries"],
+            r["expected_deliveries"],
+            r["counters"]["per_message"]["herald_lwt_requests"]
+        );
+        failures.extend(problems(name, &r, &["dispatcher", "node", "nats"]));
+    }
+    if !failures.is_empty() {
+        bail!("{test}:\n  {}", failures.join("\n  "));
+    }
+    cluster.passed();
+    Ok(())
+}

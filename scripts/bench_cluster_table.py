@@ -1,0 +1,206 @@
+#!/usr/bin/env python3
+"""One markdown table from scripts/bench-cluster's results file (JSON lines).
+
+Each line: {"name": scenario, "exit": rc, "cluster_alive": bool, "report": <herald bench JSON
+line or null>}. Every figure comes from the report: rates and latencies measured by the bench,
+CPU and RSS per role from the processes' /proc (role accounting), CQL / LWT / Paxos / NATS
+counts from the processes' own counters. A figure the run did not have is "n/a"; every
+unclean run is listed in the notes column.
+
+Usage: bench_cluster_table.py RESULTS.jsonl [SCENARIO ...]   (scenarios in the order to print)
+"""
+
+import json
+import sys
+
+ROLES = [("dispatcher", "disp."), ("node", "nodes"), ("nats", "nats"), ("cassandra", "cass.")]
+STORE = ("store-insert", "store-lwt")
+
+
+def get(d, path):
+    v = d
+    for k in path.split("."):
+        v = v.get(k) if isinstance(v, dict) else None
+    return v
+
+
+def num(v, fmt="{:,.0f}"):
+    return "n/a" if not isinstance(v, (int, float)) else fmt.format(v)
+
+
+def problems(row):
+    out = []
+    rep = row.get("report")
+    if row.get("exit", 0) != 0:
+        out.append(f"exit {row['exit']}")
+    if not row.get("cluster_alive", True):
+        out.append("a cluster process died")
+    if rep is None:
+        out.append("no report")
+        return out
+    if rep.get("connections", 0) and rep.get("connected", 0) < rep["connections"]:
+        out.append(f"connected {rep.get('connected', 0)}/{rep['connections']}")
+    for key, label in [
+        ("failed", "failed conns"),
+        ("closed_early", "closed early"),
+        ("lost", "lost"),
+        ("duplicates", "duplicates"),
+        ("out_of_order", "out of order"),
+        ("publish_errors", "publish errors"),
+    ]:
+        if rep.get(key, 0):
+            out.append(f"{label} {rep[key]:,}")
+    if get(rep, "store.not_applied"):
+        out.append(f"not applied {rep['store']['not_applied']:,}")
+    for role, r in (rep.get("roles") or {}).items():
+        if r.get("gone"):
+            out.append(f"{role} pids gone {r['gone']}")
+    errs = get(rep, "counters.errors") or []
+    if errs:
+        out.append("counters not read: " + "; ".join(e[:80] for e in errs[:3]))
+    return out
+
+
+def per_1k_key(name):
+    # The resume storm's messages were published before its window: per 1,000 deliveries.
+    return "cpu_s_per_1k_deliveries" if name == "resume" else "cpu_s_per_1k_publishes"
+
+
+def rate_cell(name, rep):
+    if name in STORE:
+        return f"{num(rep.get('publish_rate'))} rows/s"
+    if name == "resume":
+        s = rep.get("resume_caught_up_s") or 0
+        d = rep.get("deliveries") or 0
+        if s > 0:
+            return f"caught up {s:.2f} s ({d / s:,.0f} deliv./s)"
+        return "not caught up"
+    if name in ("ingest-single", "ingest-batch", "hot"):
+        return f"{num(rep.get('publish_rate'))} msgs/s"
+    return f"{num(rep.get('publish_rate'))} msgs/s (target {num(rep.get('rate_target'))})"
+
+
+def latency_cell(name, rep):
+    if name == "resume":
+        return "n/a (replay)"
+    if rep.get("expected_deliveries", 0) > 0 and get(rep, "latency_ms.count"):
+        lat = rep["latency_ms"]
+        return f"{lat['p50']:.2f} / {lat['p99']:.2f} ms"
+    pub = rep.get("publish_ms") or {}
+    if pub.get("count"):
+        what = "insert" if name in STORE else "request"
+        return f"{pub['p50']:.2f} / {pub['p99']:.2f} ms ({what})"
+    return "n/a"
+
+
+def loss_cell(rep):
+    if not rep.get("expected_deliveries"):
+        return "n/a"
+    parts = [f"{rep.get('lost', 0):,}"]
+    if rep.get("duplicates"):
+        parts.append(f"dup {rep['duplicates']:,}")
+    if rep.get("out_of_order"):
+        parts.append(f"ooo {rep['out_of_order']:,}")
+    return ", ".join(parts)
+
+
+def main():
+    if len(sys.argv) < 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    rows = []
+    with open(sys.argv[1]) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    pass
+    order = sys.argv[2:] or list(dict.fromkeys(r["name"] for r in rows))
+    last = {}
+    for r in rows:
+        last[r["name"]] = r  # the latest run of each scenario
+
+    base = None
+    ins = last.get("store-insert", {}).get("report")
+    if ins:
+        base = get(ins, "roles.cassandra.cpu_s_per_1k_publishes")
+
+    head = (
+        ["scenario", "rate", "latency p50 / p99", "lost"]
+        + [f"CPU-s / 1k msgs: {short}" for _, short in ROLES]
+        + [
+            "RSS MiB (" + " / ".join(s for _, s in ROLES) + ")",
+            "CQL stmts / msg (Cassandra)",
+            "LWT rounds / msg (Herald)",
+            "plain writes / msg (Herald)",
+            "system.paxos writes / msg",
+            "NATS msgs in / out per publish",
+            "Cassandra CPU / 1k msgs vs store-insert",
+            "notes",
+        ]
+    )
+    print("| " + " | ".join(head) + " |")
+    print("|---|---:|---:|---:|" + "---:|" * (len(head) - 5) + "---|")
+    for name in order:
+        row = last.get(name)
+        if row is None:
+            continue
+        rep = row.get("report")
+        notes = "; ".join(problems(row))
+        if rep is None:
+            print(f"| {name} |" + " n/a |" * (len(head) - 2) + f" {notes} |")
+            continue
+        roles = rep.get("roles") or {}
+        key = per_1k_key(name)
+        cpu = [num(get(roles, f"{r}.{key}"), "{:.3f}") for r, _ in ROLES]
+        if name == "resume":
+            cpu = [c + " /1k deliv." if c != "n/a" else c for c in cpu]
+        rss = " / ".join(
+            num(get(roles, f"{r}.rss_after") and get(roles, f"{r}.rss_after") / 1048576)
+            for r, _ in ROLES
+        )
+        pm = get(rep, "counters.per_message") or {}
+        nats_in, nats_out = pm.get("nats_in_msgs"), pm.get("nats_out_msgs")
+        nats = "n/a" if nats_in is None else f"{nats_in:.2f} / {nats_out:.2f}"
+        cass = get(roles, "cassandra.cpu_s_per_1k_publishes")
+        if name == "resume" or cass is None:
+            vs = "n/a"
+        elif base:
+            vs = f"{cass:.3f} s ({cass / base:.2f}×)"
+        else:
+            vs = f"{cass:.3f} s"
+        cells = [
+            name,
+            rate_cell(name, rep),
+            latency_cell(name, rep),
+            loss_cell(rep),
+            *cpu,
+            rss,
+            num(pm.get("cql_statements"), "{:.3f}"),
+            num(pm.get("herald_lwt_requests"), "{:.4f}"),
+            num(pm.get("herald_write_statements"), "{:.3f}"),
+            num(pm.get("paxos_table_writes"), "{:.3f}"),
+            nats,
+            vs,
+            notes,
+        ]
+        print("| " + " | ".join(cells) + " |")
+    print()
+    print(
+        "CPU: utime+stime from /proc of each role's processes over the measured window, summed "
+        "per role, per 1,000 messages published in the window (resume: per 1,000 deliveries; "
+        "store-*: per 1,000 rows the bench wrote to Cassandra itself). RSS at the end of the "
+        "window. CQL statements: Cassandra's cql_metrics (prepared + regular executed); LWT "
+        "rounds and plain writes: Herald's herald_cql_requests_total{kind=\"lwt\"} and "
+        "herald_cql_statements_total{kind=\"write\"} (n/a: the binary does not export them); "
+        "system.paxos writes: Cassandra's local writes to its Paxos table (~3 per LWT round); "
+        "NATS: nats-server /varz in_msgs / out_msgs. Latency: publish → receive when the "
+        "scenario has subscribers, else the request (insert) latency."
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
