@@ -2,7 +2,7 @@
 //! table; see docs/ARCHITECTURE.md, "Who writes a channel").
 //!
 //! Channels hash to partitions. Each dispatcher keeps a lease row of its own alive with one
-//! conditional write every quarter of the lease duration `D`; the live dispatchers are the
+//! conditional write every third of the lease duration `D`; the live dispatchers are the
 //! rows whose version keeps changing. A partition's desired owner is the live dispatcher
 //! with the highest rendezvous score, so a join or leave moves only the partitions it must.
 //! Partitions change hands by conditional batches that bump the partition's fence: a
@@ -13,7 +13,7 @@
 //! renewal. So only a clock-rate difference above 10 % between two processes could let a
 //! paused holder acknowledge after its partitions were taken; wall clocks play no part.
 //!
-//! Consensus is paid per renewal (one round per dispatcher per `D/4`) and per change of
+//! Consensus is paid per renewal (one round per dispatcher per `D/3`) and per change of
 //! owner, never per message.
 
 use super::connecting_store::ConnectingStore;
@@ -163,7 +163,7 @@ impl Leases {
         store: Arc<ConnectingStore>,
         mut stop: watch::Receiver<bool>,
     ) {
-        let mut tick = tokio::time::interval((self.duration / 4).max(Duration::from_millis(50)));
+        let mut tick = tokio::time::interval((self.duration / 3).max(Duration::from_millis(50)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {

@@ -72,7 +72,7 @@ pub struct RoleArgs {
     #[arg(long, env = "HERALD_ADVERTISE")]
     pub advertise: Option<String>,
     /// A dispatcher's lease: one that stops renewing it (killed, paused, cut off) loses its
-    /// partitions about this long after its last renewal; it renews every quarter of it.
+    /// partitions about this long after its last renewal; it renews every third of it.
     #[arg(long, env = "HERALD_MEMBERSHIP_TTL_MS", default_value_t = 5000)]
     pub membership_ttl_ms: u64,
     /// Shared by the dispatchers of a cluster to forward publishes to each other.
