@@ -4,7 +4,7 @@
 //! port. The keyspace is dropped at the end (best effort).
 
 use super::{restart, revive, FaultOutcome, ServerConf, Topology};
-use crate::cql::cql_exec;
+use crate::cql;
 use crate::procs::{free_ports, herald_bin, nats_bin, tail, Managed, Ready, Role};
 use crate::verify::Violation;
 use anyhow::{bail, Context};
@@ -37,18 +37,13 @@ impl Cluster {
         };
         let herald = herald_bin(conf.args.herald_bin.as_deref())?;
         let keyspace = format!("herald_check_{:08x}", rand::random::<u32>());
-        {
-            let contact = cql.clone();
-            tokio::task::spawn_blocking(move || {
-                cql_exec(
-                    &contact,
-                    "SELECT release_version FROM system.local",
-                    Duration::from_secs(10),
-                )
-            })
-            .await?
-            .with_context(|| format!("Cassandra/ScyllaDB at {cql} is not answering"))?;
-        }
+        cql::exec(
+            &cql,
+            "SELECT release_version FROM system.local",
+            Duration::from_secs(10),
+        )
+        .await
+        .with_context(|| format!("Cassandra/ScyllaDB at {cql} is not answering"))?;
         migrate(&herald, &cql, &keyspace, conf.run_dir).await?;
         let started = Self::start_processes(conf, &herald, &cql, &keyspace).await;
         if started.is_err() {
@@ -228,15 +223,12 @@ impl Cluster {
 }
 
 async fn drop_keyspace(cql: &str, keyspace: &str) -> anyhow::Result<()> {
-    let (cql, ks) = (cql.to_owned(), keyspace.to_owned());
-    tokio::task::spawn_blocking(move || {
-        cql_exec(
-            &cql,
-            &format!("DROP KEYSPACE IF EXISTS {ks}"),
-            Duration::from_secs(60),
-        )
-    })
-    .await?
+    cql::exec(
+        cql,
+        &format!("DROP KEYSPACE IF EXISTS {keyspace}"),
+        Duration::from_secs(60),
+    )
+    .await
 }
 
 /// `herald migrate` into a fresh keyspace (replication factor 1).

@@ -12,7 +12,7 @@
 
 use crate::common::{token, API_KEY, SECRET};
 use anyhow::{bail, Context};
-use herald_check::cql::cql_exec;
+use herald_check::cql;
 use herald_client::{Client, Publish, Subscription};
 use herald_proto::{Cursor, Position, PublishResult, SseEvent};
 use std::io::{BufRead, BufReader};
@@ -408,11 +408,12 @@ impl Cluster {
             .join(format!("{test}-{keyspace}"));
         std::fs::create_dir_all(&log_dir)?;
         eprintln!("{test}: keyspace {keyspace}, logs in {}", log_dir.display());
-        cql_exec(
+        cql::exec(
             &cql,
             "SELECT release_version FROM system.local",
             Duration::from_secs(10),
         )
+        .await
         .with_context(|| format!("Cassandra at HERALD_CQL={cql} is not answering"))?;
         migrate(&cql, &keyspace, &log_dir)?;
         let nats = if spec.nats_down_at_start {
@@ -480,7 +481,7 @@ impl Drop for Cluster {
             p.kill9();
         }
         self.nats.kill9();
-        if let Err(e) = cql_exec(
+        if let Err(e) = cql::exec_blocking(
             &self.cql,
             &format!("DROP KEYSPACE IF EXISTS {}", self.keyspace),
             Duration::from_secs(30),
