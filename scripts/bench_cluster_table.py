@@ -7,6 +7,11 @@ CPU and RSS per role from the processes' /proc (role accounting), CQL / LWT / Pa
 counts from the processes' own counters. A figure the run did not have is "n/a"; every
 unclean run is listed in the notes column.
 
+Cassandra's CPU per row depends on the rate it is driven at, so Herald's Cassandra CPU per
+1,000 messages is compared twice: with store-insert (as fast as the bench's writers go) and,
+for ingest-single, with store-insert-paced (store-insert paced to ingest-single's achieved
+rate, or to STORE_RATE; its line carries "rate_from"): the store's own price at the same rate.
+
 Usage: bench_cluster_table.py RESULTS.jsonl [SCENARIO ...]   (scenarios in the order to print)
 """
 
@@ -14,7 +19,9 @@ import json
 import sys
 
 ROLES = [("dispatcher", "disp."), ("node", "nodes"), ("nats", "nats"), ("cassandra", "cass.")]
-STORE = ("store-insert", "store-lwt")
+STORE = ("store-insert", "store-lwt", "store-insert-paced")
+# Herald scenarios compared with store-insert-paced (the one whose rate it is paced to).
+SAME_RATE = ("ingest-single",)
 
 
 def get(d, path):
@@ -50,6 +57,18 @@ def problems(row):
     ]:
         if rep.get(key, 0):
             out.append(f"{label} {rep[key]:,}")
+    # Which of the nodes' own disconnects explain connections closed early.
+    for key, label in [
+        ("slow_consumer_disconnects", "node: slow-consumer disconnects"),
+        ("stalled_disconnects", "node: stalled-peer disconnects"),
+        ("gap_disconnects", "node: gap disconnects"),
+    ]:
+        v = get(rep, f"counters.herald.{key}")
+        if v:
+            out.append(f"{label} {int(v):,}")
+    target, achieved = rep.get("rate_target") or 0, rep.get("publish_rate") or 0
+    if row.get("name") in STORE and target > 0 and achieved < 0.95 * target:
+        out.append(f"writers behind: {achieved:,.0f} of {target:,.0f} rows/s")
     if get(rep, "store.not_applied"):
         out.append(f"not applied {rep['store']['not_applied']:,}")
     for role, r in (rep.get("roles") or {}).items():
@@ -68,7 +87,10 @@ def per_1k_key(name):
 
 def rate_cell(name, rep):
     if name in STORE:
-        return f"{num(rep.get('publish_rate'))} rows/s"
+        cell = f"{num(rep.get('publish_rate'))} rows/s"
+        if rep.get("rate_target"):
+            cell += f" (paced to {num(rep['rate_target'])})"
+        return cell
     if name == "resume":
         s = rep.get("resume_caught_up_s") or 0
         d = rep.get("deliveries") or 0
@@ -126,6 +148,15 @@ def main():
     ins = last.get("store-insert", {}).get("report")
     if ins:
         base = get(ins, "roles.cassandra.cpu_s_per_1k_publishes")
+    # The store's price at ingest-single's rate: (CPU-s / 1k rows, rate achieved, paced to).
+    paced = None
+    pr = last.get("store-insert-paced", {}).get("report")
+    if pr and get(pr, "roles.cassandra.cpu_s_per_1k_publishes"):
+        paced = (
+            get(pr, "roles.cassandra.cpu_s_per_1k_publishes"),
+            pr.get("publish_rate") or 0,
+            last["store-insert-paced"].get("rate_from", "?"),
+        )
 
     head = (
         ["scenario", "rate", "latency p50 / p99", "lost"]
@@ -138,6 +169,7 @@ def main():
             "system.paxos writes / msg",
             "NATS msgs in / out per publish",
             "Cassandra CPU / 1k msgs vs store-insert",
+            "Cassandra CPU / 1k vs store-insert at the same rate",
             "notes",
         ]
     )
@@ -171,6 +203,11 @@ def main():
             vs = f"{cass:.3f} s ({cass / base:.2f}×)"
         else:
             vs = f"{cass:.3f} s"
+        same = "n/a"
+        if name in SAME_RATE and cass is not None and paced:
+            p_cpu, p_rate, p_from = paced
+            same = f"{cass / p_cpu:.2f}× (store {p_cpu:.3f} s at {p_rate:,.0f} rows/s"
+            same += ", STORE_RATE)" if p_from == "STORE_RATE" else ")"
         cells = [
             name,
             rate_cell(name, rep),
@@ -184,6 +221,7 @@ def main():
             num(pm.get("paxos_table_writes"), "{:.3f}"),
             nats,
             vs,
+            same,
             notes,
         ]
         print("| " + " | ".join(cells) + " |")
@@ -197,7 +235,11 @@ def main():
         "herald_cql_statements_total{kind=\"write\"} (n/a: the binary does not export them); "
         "system.paxos writes: Cassandra's local writes to its Paxos table (~3 per LWT round); "
         "NATS: nats-server /varz in_msgs / out_msgs. Latency: publish → receive when the "
-        "scenario has subscribers, else the request (insert) latency."
+        "scenario has subscribers, else the request (insert) latency. Cassandra's CPU per row "
+        "depends on the rate it is driven at: \"vs store-insert\" compares with the store "
+        "driven as fast as 32 writers go; \"at the same rate\" compares ingest-single with "
+        "store-insert-paced, the store alone paced to the rate ingest-single achieved in this "
+        "run (or to STORE_RATE, marked so), and is n/a for the other scenarios."
     )
     return 0
 

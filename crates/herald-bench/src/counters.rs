@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Herald metrics the bench reads: (report key, metric name, `kind` label).
-const HERALD: [(&str, &str, Option<&str>); 7] = [
+const HERALD: [(&str, &str, Option<&str>); 11] = [
     (
         "cql_write_requests",
         "herald_cql_requests_total",
@@ -38,6 +38,18 @@ const HERALD: [(&str, &str, Option<&str>); 7] = [
     ),
     ("publishes", "herald_publishes_total", None),
     ("deliveries", "herald_deliveries_total", None),
+    (
+        "slow_consumer_disconnects",
+        "herald_slow_consumer_disconnects_total",
+        None,
+    ),
+    (
+        "stalled_disconnects",
+        "herald_stalled_disconnects_total",
+        None,
+    ),
+    ("gap_disconnects", "herald_gap_disconnects_total", None),
+    ("gap_repairs", "herald_gap_repairs_total", None),
 ];
 
 const NATS: [&str; 4] = ["in_msgs", "out_msgs", "in_bytes", "out_bytes"];
@@ -86,6 +98,12 @@ pub struct HeraldCounters {
     pub cql_lwt_statements: Option<f64>,
     pub publishes: Option<f64>,
     pub deliveries: Option<f64>,
+    /// Connections the nodes closed (queue overflow, peer not reading, a gap to resume
+    /// from): what explains a bench connection "closed early".
+    pub slow_consumer_disconnects: Option<f64>,
+    pub stalled_disconnects: Option<f64>,
+    pub gap_disconnects: Option<f64>,
+    pub gap_repairs: Option<f64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -354,6 +372,10 @@ pub fn delta(a: &Snapshot, b: &Snapshot, messages: u64) -> Counters {
     h.cql_lwt_statements = sums.get("cql_lwt_statements").copied();
     h.publishes = sums.get("publishes").copied();
     h.deliveries = sums.get("deliveries").copied();
+    h.slow_consumer_disconnects = sums.get("slow_consumer_disconnects").copied();
+    h.stalled_disconnects = sums.get("stalled_disconnects").copied();
+    h.gap_disconnects = sums.get("gap_disconnects").copied();
+    h.gap_repairs = sums.get("gap_repairs").copied();
 
     if let (Some(x), Some(y)) = (&a.nats, &b.nats) {
         let d = |k: &str| {

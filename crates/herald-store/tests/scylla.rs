@@ -144,15 +144,31 @@ mod cql {
             65_546
         );
 
+        // A group commit far larger than one batch may carry (Cassandra refuses batches
+        // over 50 KiB): it is cut into batches, each partition's rows whole in one.
+        let big: Vec<AppendEntry> = (1..=600)
+            .flat_map(|s| {
+                ["conf:big1", "conf:big2", "conf:big3"]
+                    .map(|c| entry(c, 12, s, 0, &format!("\"{}\"", "x".repeat(1000))))
+            })
+            .collect();
+        append(store, big).await?;
+        for c in ["conf:big1", "conf:big2", "conf:big3"] {
+            assert_eq!(store.channel_meta(c).await?.expect("meta").last_seq, 600);
+            assert_eq!(store.read_range(c, 0, 1000).await?.len(), 600);
+        }
+
         // Two writers taking turns: A under fence 1, then B under fence 2. B's write
         // timestamps start above A's ceiling, as the lease table arranges.
         let a = ScyllaStore::connect(opts.clone()).await?;
         let b = ScyllaStore::connect(opts.clone()).await?;
-        assert!(a.claim("t:x", 1).await?.is_none(), "a new channel");
+        let new = a.claim("t:x", 1).await?.expect("a new channel is created");
+        assert_eq!((new.last_seq, new.first_seq), (0, 1));
+        let ex = new.epoch;
         append(
             &a,
             (1..=3)
-                .map(|s| entry("t:x", 7, s, 1, &format!("\"a{s}\"")))
+                .map(|s| entry("t:x", ex, s, 1, &format!("\"a{s}\"")))
                 .collect(),
         )
         .await?;
@@ -160,19 +176,19 @@ mod cql {
         a.clock().set_ceiling(ceiling);
         b.clock().raise_floor(ceiling + 1);
         let meta = b.claim("t:x", 2).await?.expect("B sees A's log");
-        assert_eq!((meta.epoch, meta.last_seq), (7, 3));
+        assert_eq!((meta.epoch, meta.last_seq), (ex, 3));
         // A's writes still in flight land after B's seal: nobody ever sees them.
         append(
             &a,
             (4..=5)
-                .map(|s| entry("t:x", 7, s, 1, &format!("\"late{s}\"")))
+                .map(|s| entry("t:x", ex, s, 1, &format!("\"late{s}\"")))
                 .collect(),
         )
         .await?;
         assert_eq!(store.channel_meta("t:x").await?.expect("meta").last_seq, 3);
         assert_eq!(bodies(store, "t:x").await?.len(), 3);
         // B writes on from 3, replacing A's late row 4; A's late row 5 stays invisible.
-        append(&b, vec![entry("t:x", 7, 4, 2, "\"b4\"")]).await?;
+        append(&b, vec![entry("t:x", ex, 4, 2, "\"b4\"")]).await?;
         assert_eq!(
             bodies(store, "t:x").await?,
             vec![
@@ -188,11 +204,11 @@ mod cql {
             "an older fence must be refused"
         );
         // A write A had sent before B's seal is adopted by B, not overwritten.
-        assert!(a.claim("t:y", 1).await?.is_none());
-        append(&a, vec![entry("t:y", 8, 1, 1, "\"y1\"")]).await?;
+        let ey = a.claim("t:y", 1).await?.expect("created").epoch;
+        append(&a, vec![entry("t:y", ey, 1, 1, "\"y1\"")]).await?;
         append(
             &a,
-            vec![entry("t:y", 8, 2, 1, "\"y2-late-but-before-seal\"")],
+            vec![entry("t:y", ey, 2, 1, "\"y2-late-but-before-seal\"")],
         )
         .await?;
         assert_eq!(b.claim("t:y", 2).await?.expect("meta").last_seq, 2);
@@ -258,7 +274,12 @@ mod cql {
                 .is_some_and(|m| m.last_seq == 0 && m.epoch == 5))
         })
         .await?;
-        assert!(b.claim("t:ttl", 4).await?.is_none());
+        let renewed = b.claim("t:ttl", 4).await?.expect("a new epoch");
+        assert!(renewed.epoch != 5 && renewed.last_seq == 0);
+        assert_eq!(
+            store.channel_meta("t:ttl").await?.expect("meta").epoch,
+            renewed.epoch
+        );
 
         leases(store).await?;
         Ok(())

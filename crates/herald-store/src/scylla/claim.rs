@@ -7,6 +7,7 @@
 //! this owner's later writes carry higher timestamps and replace it. Without the seal such
 //! a write could be read between this owner's read and its first write, then replaced.
 
+use super::clock::now_us;
 use super::reads::HeadState;
 use super::util::{bucket, to_i64};
 use super::ScyllaStore;
@@ -18,20 +19,61 @@ impl ScyllaStore {
         channel: &str,
         fence: u64,
     ) -> Result<Option<ChannelMeta>, StoreError> {
-        let mut state = self.head_state(channel).await?;
-        let sealed = state.row.map_or(0, |r| r.fence);
-        if sealed > fence {
-            return Err(fenced(channel, sealed, fence));
+        let Some(row) = self.channel_row(channel).await? else {
+            return self.create(channel, fence).await.map(Some);
+        };
+        if row.fence > fence {
+            return Err(fenced(channel, row.fence, fence));
         }
-        if sealed < fence {
+        let state = if row.fence == fence {
+            // Sealed under this fence already (this owner's cache was dropped): what landed
+            // since is this owner's own, or stale writes readers ignore.
+            HeadState {
+                heads: self.heads_from(channel, row.bucket).await?,
+                row: Some(row),
+            }
+        } else {
             self.seal(channel, fence).await?;
-            state = self.head_state(channel).await?;
+            let state = self.head_state(channel).await?;
             let sealed = state.row.map_or(0, |r| r.fence);
             if sealed != fence {
                 return Err(fenced(channel, sealed, fence));
             }
+            state
+        };
+        match self.settle(channel, fence, &state).await? {
+            Some(meta) => Ok(Some(meta)),
+            // Nothing under the channel's epoch: never written, or all of it expired.
+            None => self.create(channel, fence).await.map(Some),
         }
-        self.settle(channel, fence, &state).await
+    }
+
+    /// A new log (or a new epoch of one whose messages all expired), sealed under `fence`
+    /// in the same write. The epoch is its creation time, so a log recreated after data
+    /// loss or expiry gets a different one and old cursors are reset instead of misread.
+    /// Whatever an older owner may still land under another epoch is ignored by everyone.
+    async fn create(&self, channel: &str, fence: u64) -> Result<ChannelMeta, StoreError> {
+        let st = self.statements().await?;
+        let epoch = u64::try_from(now_us() / 1000).unwrap_or(1).max(1);
+        let ts = self.inner.clock.next()?;
+        self.inner
+            .cql
+            .write(
+                &st.create_channel,
+                (
+                    ts,
+                    to_i64("epoch", epoch)?,
+                    to_i64("fence", fence)?,
+                    channel,
+                ),
+                "create channel",
+            )
+            .await?;
+        Ok(ChannelMeta {
+            epoch,
+            last_seq: 0,
+            first_seq: 1,
+        })
     }
 
     async fn seal(&self, channel: &str, fence: u64) -> Result<(), StoreError> {

@@ -144,7 +144,11 @@ impl ScyllaStore {
         }
     }
 
-    async fn heads_from(&self, channel: &str, b: u64) -> Result<Vec<HeadCell>, StoreError> {
+    pub(super) async fn heads_from(
+        &self,
+        channel: &str,
+        b: u64,
+    ) -> Result<Vec<HeadCell>, StoreError> {
         let (a, n) = tokio::try_join!(self.head_cell(channel, b), self.head_cell(channel, b + 1))?;
         Ok(a.into_iter().chain(n).collect())
     }

@@ -18,6 +18,7 @@ pub(super) struct Statements {
     pub get_channel: PreparedStatement,
     pub seal_channel: PreparedStatement,
     pub set_epoch: PreparedStatement,
+    pub create_channel: PreparedStatement,
     pub set_bucket: PreparedStatement,
     pub set_low: PreparedStatement,
     pub list_channels: PreparedStatement,
@@ -94,6 +95,11 @@ impl Statements {
             set_epoch: p(format!(
                 "UPDATE {ks}.channels USING TIMESTAMP ? SET epoch = ?, bucket = ?, low = ? \
                  WHERE channel = ?"
+            ))
+            .await?,
+            create_channel: p(format!(
+                "UPDATE {ks}.channels USING TIMESTAMP ? SET epoch = ?, fence = ?, bucket = 0, \
+                 low = 0 WHERE channel = ?"
             ))
             .await?,
             set_bucket: p(format!(

@@ -3,6 +3,7 @@
 //! `herald migrate`, which creates or updates the ScyllaDB schema.
 
 pub mod connecting_store;
+pub mod forwarder;
 pub mod leases;
 pub mod routing;
 

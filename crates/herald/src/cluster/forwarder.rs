@@ -1,0 +1,285 @@
+//! Publishes forwarded to the dispatcher holding their channels, coalesced: while one
+//! request to an owner is in flight, the publishes queued for it meanwhile go together in
+//! the next one (per publisher identity), as the sequencer's group commit does. Under load
+//! an owner then handles a few batch requests instead of one request per forwarded publish.
+
+use super::leases::Member;
+use crate::server::error::ApiError;
+use herald_dispatcher::PublishItem;
+use herald_proto::{PublishBatchResponse, PublishResult};
+use parking_lot::Mutex;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// Header naming the publisher a forwarded request acts for.
+pub const FORWARDED_FOR: &str = "x-herald-forwarded-for";
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// Items per forwarded request (an owner takes up to its `max_batch`, 1,000 by default).
+const MAX_ITEMS: usize = 500;
+/// Publishes queued per owner before callers wait to queue.
+const QUEUE: usize = 4096;
+
+/// Why a forward failed.
+#[derive(Clone, Debug)]
+pub enum Forward {
+    /// The request never reached the owner.
+    Unreachable(String),
+    Failed {
+        status: u16,
+        code: &'static str,
+        message: String,
+    },
+}
+
+impl Forward {
+    fn failed(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+        Forward::Failed {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn into_api_error(self) -> ApiError {
+        match self {
+            Forward::Unreachable(m) => ApiError::new(503, "forward_failed", m),
+            Forward::Failed {
+                status,
+                code,
+                message,
+            } => ApiError::new(status, code, message),
+        }
+    }
+}
+
+type Reply = oneshot::Sender<Result<Vec<PublishResult>, Forward>>;
+
+struct Pending {
+    publisher: String,
+    items: Vec<PublishItem>,
+    reply: Reply,
+}
+
+struct Client {
+    http: reqwest::Client,
+    secret: String,
+}
+
+pub struct Forwarder {
+    client: std::sync::Arc<Client>,
+    /// One queue (and one draining task) per owner address; the tasks end when this is
+    /// dropped (their queues close).
+    queues: Mutex<HashMap<String, mpsc::Sender<Pending>>>,
+}
+
+#[derive(Serialize)]
+struct Forwarded<'a> {
+    messages: Vec<ForwardedItem<'a>>,
+}
+
+#[derive(Serialize)]
+struct ForwardedItem<'a> {
+    channel: &'a str,
+    data: &'a RawValue,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idempotency_key: Option<&'a str>,
+}
+
+impl Forwarder {
+    pub fn new(secret: String) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .pool_max_idle_per_host(64)
+            .build()?;
+        Ok(Self {
+            client: std::sync::Arc::new(Client { http, secret }),
+            queues: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn secret(&self) -> &str {
+        &self.client.secret
+    }
+
+    /// Publishes `items` on `owner` for `publisher`; their results in order.
+    pub async fn forward(
+        &self,
+        publisher: &str,
+        owner: &Member,
+        items: Vec<PublishItem>,
+    ) -> Result<Vec<PublishResult>, Forward> {
+        let queue = self.queue(owner);
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending {
+            publisher: publisher.to_owned(),
+            items,
+            reply,
+        };
+        let sent = tokio::time::timeout(REQUEST_TIMEOUT, queue.send(pending)).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            return Err(Forward::failed(
+                503,
+                "forward_failed",
+                format!("the queue to {} stayed full", owner.id),
+            ));
+        }
+        match tokio::time::timeout(REQUEST_TIMEOUT * 2, answer).await {
+            Ok(Ok(r)) => r,
+            _ => Err(Forward::failed(
+                503,
+                "forward_failed",
+                format!("no answer from {} in time", owner.id),
+            )),
+        }
+    }
+
+    fn queue(&self, owner: &Member) -> mpsc::Sender<Pending> {
+        let mut queues = self.queues.lock();
+        if let Some(q) = queues.get(&owner.addr).filter(|q| !q.is_closed()) {
+            return q.clone();
+        }
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(drain(self.client.clone(), owner.clone(), rx));
+        queues.insert(owner.addr.clone(), tx.clone());
+        tx
+    }
+}
+
+/// Sends what is queued for `owner`, one round at a time, until the queue closes.
+async fn drain(client: std::sync::Arc<Client>, owner: Member, mut rx: mpsc::Receiver<Pending>) {
+    while let Some(first) = rx.recv().await {
+        let mut round = vec![first];
+        let mut count = round[0].items.len();
+        while count < MAX_ITEMS {
+            match rx.try_recv() {
+                Ok(p) => {
+                    count += p.items.len();
+                    round.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        // One request per publisher identity (the owner checks each one's namespaces).
+        let mut by_publisher: BTreeMap<String, Vec<Pending>> = BTreeMap::new();
+        for p in round {
+            by_publisher.entry(p.publisher.clone()).or_default().push(p);
+        }
+        let sends = by_publisher
+            .into_iter()
+            .map(|(publisher, group)| send_group(&client, &owner, publisher, group));
+        futures_util::future::join_all(sends).await;
+    }
+}
+
+async fn send_group(client: &Client, owner: &Member, publisher: String, group: Vec<Pending>) {
+    let items: Vec<&PublishItem> = group.iter().flat_map(|p| &p.items).collect();
+    match send(client, owner, &publisher, &items).await {
+        Ok(results) if results.len() == items.len() => {
+            let mut results = results.into_iter();
+            for p in group {
+                let mine: Vec<PublishResult> = results.by_ref().take(p.items.len()).collect();
+                let _ = p.reply.send(Ok(mine));
+            }
+        }
+        Ok(results) => {
+            let e = Forward::failed(
+                502,
+                "forward_failed",
+                format!(
+                    "owner {} answered {} results for {}",
+                    owner.id,
+                    results.len(),
+                    items.len()
+                ),
+            );
+            for p in group {
+                let _ = p.reply.send(Err(e.clone()));
+            }
+        }
+        Err(e) => {
+            for p in group {
+                let _ = p.reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+async fn send(
+    client: &Client,
+    owner: &Member,
+    publisher: &str,
+    items: &[&PublishItem],
+) -> Result<Vec<PublishResult>, Forward> {
+    let mut raws = Vec::with_capacity(items.len());
+    for item in items {
+        let text = String::from_utf8(item.data.to_vec())
+            .map_err(|e| Forward::failed(500, "internal", e.to_string()))?;
+        raws.push(
+            RawValue::from_string(text)
+                .map_err(|e| Forward::failed(500, "internal", e.to_string()))?,
+        );
+    }
+    let messages = items
+        .iter()
+        .zip(&raws)
+        .map(|(item, raw)| ForwardedItem {
+            channel: &item.channel,
+            data: raw,
+            event: item.event.as_deref(),
+            idempotency_key: item.idempotency_key.as_deref(),
+        })
+        .collect();
+    let url = format!("http://{}/v1/publish/batch", owner.addr);
+    let resp = client
+        .http
+        .post(&url)
+        .bearer_auth(&client.secret)
+        .header(FORWARDED_FOR, publisher)
+        .json(&Forwarded { messages })
+        .send()
+        .await
+        .map_err(|e| {
+            if e.is_connect() {
+                Forward::Unreachable(e.to_string())
+            } else {
+                // It may have been received: only the publisher's retry (with its
+                // idempotency key) can settle that.
+                Forward::failed(
+                    503,
+                    "forward_failed",
+                    format!("forwarding to {}: {e}", owner.id),
+                )
+            }
+        })?;
+    let status = resp.status();
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| Forward::failed(503, "forward_failed", e.to_string()))?;
+    if !status.is_success() {
+        let text = String::from_utf8_lossy(&body);
+        if status.as_u16() == 503 && text.contains("\"not_owner\"") {
+            // The lease moved before anything was written there: route again.
+            return Err(Forward::failed(
+                503,
+                "not_owner",
+                format!("{} no longer holds the channel's lease", owner.id),
+            ));
+        }
+        return Err(Forward::failed(
+            if status.as_u16() == 503 { 503 } else { 502 },
+            "owner_refused",
+            format!("channel owner {} answered {status}: {text}", owner.id),
+        ));
+    }
+    let parsed: PublishBatchResponse = serde_json::from_slice(&body)
+        .map_err(|e| Forward::failed(502, "forward_failed", e.to_string()))?;
+    Ok(parsed.results)
+}
