@@ -93,7 +93,8 @@ pub struct Args {
     /// Channels; connection i follows channel i % channels.
     #[arg(long)]
     pub channels: Option<usize>,
-    /// Total publishes per second.
+    /// Total publishes per second (store-insert / store-lwt: rows per second, paced over
+    /// the writers; without it they go as fast as they can).
     #[arg(long)]
     pub rate: Option<f64>,
     /// Seconds of publishing (idle: seconds connections are held).
@@ -536,6 +537,7 @@ async fn run_store(
         insert,
         lwt,
         r.publishers,
+        r.rate,
         r.duration,
         args.payload,
         sent.clone(),
@@ -549,6 +551,12 @@ async fn run_store(
     report.duration_s = out.elapsed.as_secs_f64();
     report.publish_ms = Percentiles::ms(&out.latency);
     report.publish_rate = out.rows as f64 / secs;
+    if r.rate > 0.0 && report.publish_rate < 0.95 * r.rate {
+        eprintln!(
+            "[bench] the writers fell behind: {:.0} rows/s achieved of {:.0} asked for",
+            report.publish_rate, r.rate
+        );
+    }
     report.store = Some(StoreReport {
         keyspace: args.price_keyspace.clone(),
         conditional: lwt,

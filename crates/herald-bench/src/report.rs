@@ -155,11 +155,16 @@ impl Report {
         }
         if let Some(st) = &self.store {
             println!(
-                "  store         {} rows{} into {}.messages from {} writers: {:.0} rows/s, {} errors, {} not applied; insert p50 {:.2} ms, p99 {:.2} ms",
+                "  store         {} rows{} into {}.messages from {} writers ({}): {:.0} rows/s, {} errors, {} not applied; insert p50 {:.2} ms, p99 {:.2} ms",
                 st.rows,
                 if st.conditional { " (IF NOT EXISTS)" } else { "" },
                 st.keyspace,
                 st.writers,
+                if self.rate_target > 0.0 {
+                    format!("paced to {:.0} rows/s", self.rate_target)
+                } else {
+                    "as fast as they go".to_owned()
+                },
                 st.rows_per_s,
                 st.errors,
                 st.not_applied,
