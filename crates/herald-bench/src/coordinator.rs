@@ -375,6 +375,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let cpu0 = if args.scenario == Scenario::Resume {
         storm_cpu0
     } else {
+        meter.settle().await;
         meter.start().await;
         server_cpu(args.server_pid)
     };

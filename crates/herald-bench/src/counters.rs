@@ -77,6 +77,19 @@ pub struct Snapshot {
     errors: Vec<String>,
 }
 
+impl Snapshot {
+    /// The sum of one Herald counter (report key) over the processes that export it.
+    pub fn herald_sum(&self, key: &str) -> Option<f64> {
+        let mut vals = self
+            .herald
+            .iter()
+            .filter(|((_, k), _)| *k == key)
+            .peekable();
+        vals.peek()?;
+        Some(vals.map(|(_, v)| v).sum())
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 struct CassandraSnapshot {
     keyspace: String,

@@ -62,6 +62,37 @@ impl Meter {
         self.sources.cql.clone()
     }
 
+    /// Waits (up to a minute) until the Herald processes stop reading the store: nodes read
+    /// each channel's head when its first subscriber joins and again once their fabric
+    /// subscription is confirmed, which after a connection storm goes on for a while. The
+    /// window measures steady state, not the tail of the joins.
+    pub async fn settle(&self) {
+        if self.sources.herald.is_empty() {
+            return;
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut last = self
+            .sources
+            .snapshot()
+            .await
+            .herald_sum("cql_read_requests");
+        while last.is_some() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            let now = self
+                .sources
+                .snapshot()
+                .await
+                .herald_sum("cql_read_requests");
+            // Dispatchers read the lease table a few times a second whatever the load.
+            if let (Some(a), Some(b)) = (last, now) {
+                if b - a <= 5.0 {
+                    return;
+                }
+            }
+            last = now;
+        }
+    }
+
     /// Opens the window: counters first, then CPU (the scrapes stay outside the CPU window).
     pub async fn start(&mut self) {
         let snap = self.sources.snapshot().await;

@@ -165,6 +165,32 @@ impl ScyllaStore {
         Ok(HeadState { row, heads })
     }
 
+    /// What readers need of the heads, in fewer reads than an owner's claim: the next
+    /// bucket's head counts only once the head bucket is full (a writer enters bucket b+1
+    /// after seq (b+1)·65536 − 1) or has no head left (expired); any other head there is a
+    /// stale one of an earlier owner, which readers ignore anyway.
+    async fn reader_state(&self, channel: &str) -> Result<HeadState, StoreError> {
+        let (row, first) = tokio::try_join!(self.channel_row(channel), self.head_cell(channel, 0))?;
+        let Some(r) = row else {
+            return Ok(HeadState::default());
+        };
+        let b = r.bucket;
+        let mut heads: Vec<HeadCell> = if b == 0 {
+            first.into_iter().collect()
+        } else {
+            self.head_cell(channel, b).await?.into_iter().collect()
+        };
+        let last_of_bucket = ((b + 1) << BUCKET_BITS) - 1;
+        let full_or_gone = heads
+            .iter()
+            .max_by_key(|h| (h.fence, h.seq))
+            .is_none_or(|h| h.seq >= last_of_bucket);
+        if full_or_gone {
+            heads.extend(self.head_cell(channel, b + 1).await?);
+        }
+        Ok(HeadState { row, heads })
+    }
+
     /// The readers' view, waiting out an owner change in progress.
     pub(super) async fn reader_meta(
         &self,
@@ -173,7 +199,7 @@ impl ScyllaStore {
         let deadline = tokio::time::Instant::now() + TRANSITION_WAIT;
         let mut pause = Duration::from_millis(5);
         loop {
-            match self.head_state(channel).await?.reader_view(channel) {
+            match self.reader_state(channel).await?.reader_view(channel) {
                 Err(StoreError::InTransition(c)) if tokio::time::Instant::now() < deadline => {
                     tracing::debug!(channel = %c, "channel is changing owner; waiting");
                     tokio::time::sleep(pause).await;
