@@ -193,12 +193,8 @@ impl Inner {
         let Some(meta) = self.meta(channel)? else {
             return Ok(TrimOutcome::default());
         };
-        let by_count = meta
-            .last_seq
-            .saturating_sub(retention.max_count)
-            .saturating_add(1);
-        let mut new_first = meta.first_seq.max(by_count);
-        let age_ms = u64::try_from(retention.max_age.as_millis()).unwrap_or(u64::MAX);
+        let mut new_first = retention.first_by_count(&meta);
+        let age_ms = retention.max_age_ms();
         let cutoff = now_ms.saturating_sub(age_ms);
         // Age: walk forward from the first kept message while it is too old (usually it is
         // not, and this reads one message).

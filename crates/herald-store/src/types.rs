@@ -82,6 +82,23 @@ pub struct Retention {
     pub max_age: Duration,
 }
 
+impl Retention {
+    /// The first seq count retention keeps of a log at `meta` (never below what is already
+    /// trimmed).
+    pub fn first_by_count(&self, meta: &ChannelMeta) -> u64 {
+        let by_count = meta
+            .last_seq
+            .saturating_sub(self.max_count)
+            .saturating_add(1);
+        meta.first_seq.max(by_count)
+    }
+
+    /// The age limit in milliseconds (saturating).
+    pub fn max_age_ms(&self) -> u64 {
+        u64::try_from(self.max_age.as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
 /// Result of one trim.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TrimOutcome {

@@ -223,39 +223,29 @@ impl ScyllaStore {
             return Ok(out);
         };
         let b = to_i64("bucket", bucket(last.seq))?;
+        let row = |e: &'a AppendEntry| -> Result<RowValues<'a>, StoreError> {
+            Ok((
+                channel,
+                b,
+                to_i64("seq", e.seq)?,
+                to_i64("epoch", e.epoch)?,
+                to_i64("ts", e.ts_ms)?,
+                e.event.as_str(),
+                e.data.as_ref(),
+                e.idempotency.as_ref().map(|(k, _)| k.as_str()),
+                self.ttl_of(e),
+                ts,
+            ))
+        };
         for e in before {
-            out.push((
-                st.insert_message.clone(),
-                Values::Row((
-                    channel,
-                    b,
-                    to_i64("seq", e.seq)?,
-                    to_i64("epoch", e.epoch)?,
-                    to_i64("ts", e.ts_ms)?,
-                    e.event.as_str(),
-                    e.data.as_ref(),
-                    e.idempotency.as_ref().map(|(k, _)| k.as_str()),
-                    self.ttl_of(e),
-                    ts,
-                )),
-            ));
+            out.push((st.insert_message.clone(), Values::Row(row(e)?)));
         }
+        let (c, b, seq, epoch, ts_ms, event, data, key, ttl, ts) = row(last)?;
+        let head = (seq, to_i64("fence", last.fence)?, epoch);
         out.push((
             st.insert_message_with_head.clone(),
             Values::Head((
-                channel,
-                b,
-                to_i64("seq", last.seq)?,
-                to_i64("epoch", last.epoch)?,
-                to_i64("ts", last.ts_ms)?,
-                last.event.as_str(),
-                last.data.as_ref(),
-                last.idempotency.as_ref().map(|(k, _)| k.as_str()),
-                to_i64("seq", last.seq)?,
-                to_i64("fence", last.fence)?,
-                to_i64("epoch", last.epoch)?,
-                self.ttl_of(last),
-                ts,
+                c, b, seq, epoch, ts_ms, event, data, key, head.0, head.1, head.2, ttl, ts,
             )),
         ));
         Ok(out)

@@ -21,12 +21,8 @@ impl ScyllaStore {
         let Some(meta) = self.reader_meta(channel).await? else {
             return Ok(TrimOutcome::default());
         };
-        let by_count = meta
-            .last_seq
-            .saturating_sub(retention.max_count)
-            .saturating_add(1);
-        let mut new_first = meta.first_seq.max(by_count);
-        let age_ms = u64::try_from(retention.max_age.as_millis()).unwrap_or(u64::MAX);
+        let mut new_first = retention.first_by_count(&meta);
+        let age_ms = retention.max_age_ms();
         if new_first <= meta.last_seq && age_ms < FOREVER_MS {
             let cutoff = now_ms.saturating_sub(age_ms);
             new_first = self
