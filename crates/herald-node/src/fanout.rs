@@ -1,16 +1,14 @@
-//! Takes messages off the fabric, frames each once, and fans it out; repairs gaps the fabric
-//! left from the store before delivering what came after them.
+//! Takes messages off the fabric, frames each once, and fans it out. A hole the fabric left
+//! in a channel is read from the store off this loop ([`crate::repair`]): only that
+//! channel's newer messages wait for it.
 
-use crate::hub::Delivered;
 use crate::message::Message;
-use crate::stats::Counters;
+use crate::repair::{self, Repairs};
 use crate::Node;
 use herald_fabric::Incoming;
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 
-/// Most messages fetched to repair one gap; a bigger hole is left to client resumes.
-const MAX_REPAIR: usize = 10_000;
 /// Most messages fanned out before the touched connections are written. While the node
 /// keeps up this is 1 (each message leaves at once); when it falls behind, the messages
 /// that queued meanwhile leave together, one write per connection.
@@ -20,18 +18,28 @@ pub(crate) async fn run(
     node: Arc<Node>,
     mut rx: mpsc::Receiver<Incoming>,
     resync: mpsc::Sender<Option<Arc<str>>>,
+    mut repaired: mpsc::Receiver<repair::Done>,
+    repairs: mpsc::Sender<repair::Job>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut repairs = Repairs::new(repairs);
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut flush = Vec::new();
     loop {
         let first = tokio::select! {
             biased;
+            _ = stop.changed() => return,
+            done = repaired.recv() => {
+                if let Some(done) = done {
+                    repairs.finish(&node, done, &mut flush);
+                    flush_all(&mut flush, false).await;
+                }
+                continue;
+            }
             m = rx.recv() => match m {
                 Some(m) => m,
                 None => return,
             },
-            _ = stop.changed() => return,
         };
         let mut next = Some(first);
         while let Some(incoming) = next.take() {
@@ -55,14 +63,7 @@ pub(crate) async fn run(
         // pile up per connection and leave in one write, which is cheaper per delivery.
         let parallel = batch.len() == 1;
         for fm in batch.drain(..) {
-            let msg = Message::from_fabric(&fm);
-            if let Delivered::Gap { after } = node.hub.deliver(&msg, &mut flush) {
-                repair(&node, &msg, after, &mut flush).await;
-                if let Delivered::Gap { .. } = node.hub.deliver(&msg, &mut flush) {
-                    node.hub.skip_gap(&msg);
-                    node.hub.deliver(&msg, &mut flush);
-                }
-            }
+            repairs.offer(&node, Message::from_fabric(&fm), &mut flush);
         }
         flush_all(&mut flush, parallel).await;
     }
@@ -88,36 +89,6 @@ async fn flush_all(flush: &mut Vec<Arc<crate::queue::ConnQueue>>, parallel: bool
     } else {
         for q in flush.drain(..) {
             q.flush();
-        }
-    }
-}
-
-async fn repair(
-    node: &Node,
-    msg: &Arc<Message>,
-    after: u64,
-    flush: &mut Vec<Arc<crate::queue::ConnQueue>>,
-) {
-    Counters::bump(&node.counters.gap_repairs);
-    let want = (msg.seq - after - 1) as usize;
-    match node
-        .reads
-        .read_range(
-            &msg.channel,
-            after,
-            want.min(MAX_REPAIR),
-            std::time::Instant::now(),
-        )
-        .await
-    {
-        Ok(missing) => {
-            for m in missing.iter().filter(|m| m.seq < msg.seq) {
-                node.hub
-                    .deliver(&Message::from_stored(msg.channel.clone(), m), flush);
-            }
-        }
-        Err(e) => {
-            tracing::warn!(channel = %msg.channel, error = %e, "gap repair failed; subscribers will resume");
         }
     }
 }

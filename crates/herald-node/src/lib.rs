@@ -10,6 +10,7 @@ mod message;
 mod queue;
 mod reads;
 mod registry;
+mod repair;
 mod replay;
 mod resync;
 mod stats;
@@ -156,15 +157,20 @@ impl Node {
             tasks: parking_lot::Mutex::new(Vec::new()),
         });
         let (resync_tx, resync_rx) = mpsc::channel(RESYNC_QUEUE);
+        let (job_tx, job_rx) = mpsc::channel(repair::MAX_REPAIRING);
+        let (done_tx, done_rx) = mpsc::channel(repair::MAX_REPAIRING);
         let f = tokio::spawn(fanout::run(
             node.clone(),
             incoming,
             resync_tx,
+            done_rx,
+            job_tx,
             stop_rx.clone(),
         ));
+        let g = tokio::spawn(repair::run(node.clone(), job_rx, done_tx, stop_rx.clone()));
         let r = tokio::spawn(resync::run(node.clone(), resync_rx, stop_rx.clone()));
         let h = tokio::spawn(housekeeping::run(node.clone(), stop_rx));
-        node.tasks.lock().extend([f, r, h]);
+        node.tasks.lock().extend([f, g, r, h]);
         node
     }
 

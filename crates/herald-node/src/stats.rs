@@ -24,6 +24,9 @@ pub struct NodeStats {
     pub replayed_messages: u64,
     pub resets: u64,
     pub gap_repairs: u64,
+    /// Holes stepped over without a store read (too many repairs at once, or a channel too
+    /// far behind while its repair ran): connections that would skip a message resume.
+    pub gap_skips: u64,
     /// Channels caught up with the store after the fabric reported a possible loss.
     pub resync_repairs: u64,
     /// Store reads answered by joining an identical read already in flight.
@@ -50,6 +53,7 @@ pub(crate) struct Counters {
     pub replayed_messages: AtomicU64,
     pub resets: AtomicU64,
     pub gap_repairs: AtomicU64,
+    pub gap_skips: AtomicU64,
     pub resync_repairs: AtomicU64,
 }
 
@@ -78,6 +82,7 @@ impl Counters {
             replayed_messages: self.replayed_messages.load(Relaxed),
             resets: self.resets.load(Relaxed),
             gap_repairs: self.gap_repairs.load(Relaxed),
+            gap_skips: self.gap_skips.load(Relaxed),
             resync_repairs: self.resync_repairs.load(Relaxed),
             shared_reads: 0,
         }

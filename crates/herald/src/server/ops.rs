@@ -228,6 +228,13 @@ pub fn metrics(state: &State) -> Response<ResponseBody> {
     );
     metric(
         &mut out,
+        "herald_gap_skips_total",
+        c,
+        "Fabric gaps stepped over without a store read (repairs saturated); connections resume.",
+        n.gap_skips,
+    );
+    metric(
+        &mut out,
         "herald_resync_repairs_total",
         c,
         "Channels caught up from the store after the fabric reported a possible loss.",
