@@ -2,6 +2,7 @@
 //! small ring per channel, fans each message (framed once) out to local connections, and
 //! brings resuming clients up to date from the ring or the store.
 
+mod drain;
 mod fanout;
 mod frame;
 mod housekeeping;
@@ -16,6 +17,7 @@ mod resync;
 mod stats;
 mod stream;
 
+pub use drain::ReconnectReason;
 pub use message::Message;
 pub use queue::{CloseReason, SlowPolicy, Transport};
 pub use stats::NodeStats;
@@ -62,6 +64,9 @@ pub struct NodeConfig {
     pub channel_idle: Duration,
     /// What each namespace does with ephemeral messages for full queues.
     pub slow_policies: SlowPolicies,
+    /// A stream is asked to reconnect (`herald:reconnect`) after 80–100 % of this, so
+    /// connections spread over the nodes again after scale-out; `None`: never.
+    pub max_conn_lifetime: Option<Duration>,
     /// Kernel send buffer of a stream's socket (bytes; 0 keeps the kernel's autotuning).
     /// Autotuning grows it to megabytes for a peer that stops reading, which then holds that
     /// much kernel memory and, since the queue still drains into it, hides the stall from
@@ -99,6 +104,7 @@ impl Default for NodeConfig {
             replay_page: 512,
             channel_idle: Duration::from_secs(60),
             slow_policies: SlowPolicies::default(),
+            max_conn_lifetime: None,
             stream_sndbuf: 64 * 1024,
         }
     }
@@ -127,6 +133,8 @@ pub struct Node {
     config: NodeConfig,
     counters: Arc<Counters>,
     registry: Registry,
+    /// A drain started: new streams are refused.
+    draining: std::sync::atomic::AtomicBool,
     stop: watch::Sender<bool>,
     tasks: parking_lot::Mutex<Vec<JoinHandle<()>>>,
 }
@@ -153,6 +161,7 @@ impl Node {
             config,
             counters,
             registry: Registry::default(),
+            draining: std::sync::atomic::AtomicBool::new(false),
             stop,
             tasks: parking_lot::Mutex::new(Vec::new()),
         });
@@ -199,7 +208,7 @@ impl Node {
         cursor: Option<&Cursor>,
         user: Option<&str>,
     ) -> Result<StreamPlan, NodeError> {
-        if *self.stop.borrow() {
+        if *self.stop.borrow() || self.draining.load(std::sync::atomic::Ordering::Acquire) {
             return Err(NodeError::ShuttingDown);
         }
         if channels.is_empty() {
@@ -329,12 +338,15 @@ impl StreamPlan {
                 positions.set(j.idx, p);
             }
         }
-        let queue = Arc::new(ConnQueue::new(
-            node.config.queue_cap,
-            transport,
-            positions,
-            node.counters.clone(),
-        ));
+        let queue = Arc::new(
+            ConnQueue::new(
+                node.config.queue_cap,
+                transport,
+                positions,
+                node.counters.clone(),
+            )
+            .with_expiry(node.config.max_conn_lifetime.map(drain::expiry)),
+        );
         let conn_id = node.registry.add(&queue);
         queue.push_unbounded(Item::Raw(node.retry_frame()));
         // A live join starts at the head read moments ago: it needs no validation against the

@@ -129,6 +129,8 @@ pub struct ConnQueue {
     cap: usize,
     transport: Transport,
     counters: Arc<Counters>,
+    /// When the stream is asked to reconnect (the node's maximum connection lifetime).
+    expires: Option<Instant>,
 }
 
 impl ConnQueue {
@@ -153,7 +155,18 @@ impl ConnQueue {
             cap: cap.max(1),
             transport,
             counters,
+            expires: None,
         }
+    }
+
+    /// Sets when the stream reaches its maximum lifetime.
+    pub(crate) fn with_expiry(mut self, at: Option<Instant>) -> Self {
+        self.expires = at;
+        self
+    }
+
+    pub(crate) fn expires(&self) -> Option<Instant> {
+        self.expires
     }
 
     /// Items the queue holds before a reliable push counts as overflow.

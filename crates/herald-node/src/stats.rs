@@ -29,6 +29,10 @@ pub struct NodeStats {
     pub gap_skips: u64,
     /// Channels caught up with the store after the fabric reported a possible loss.
     pub resync_repairs: u64,
+    /// Streams asked to reconnect elsewhere by a drain.
+    pub drain_reconnects: u64,
+    /// Streams asked to reconnect at their maximum lifetime.
+    pub lifetime_reconnects: u64,
     /// Store reads answered by joining an identical read already in flight.
     pub shared_reads: u64,
 }
@@ -55,6 +59,8 @@ pub(crate) struct Counters {
     pub gap_repairs: AtomicU64,
     pub gap_skips: AtomicU64,
     pub resync_repairs: AtomicU64,
+    pub drain_reconnects: AtomicU64,
+    pub lifetime_reconnects: AtomicU64,
 }
 
 impl Counters {
@@ -84,6 +90,8 @@ impl Counters {
             gap_repairs: self.gap_repairs.load(Relaxed),
             gap_skips: self.gap_skips.load(Relaxed),
             resync_repairs: self.resync_repairs.load(Relaxed),
+            drain_reconnects: self.drain_reconnects.load(Relaxed),
+            lifetime_reconnects: self.lifetime_reconnects.load(Relaxed),
             shared_reads: 0,
         }
     }

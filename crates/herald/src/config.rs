@@ -63,6 +63,15 @@ pub struct ServeArgs {
     /// Seconds between retention sweeps.
     #[arg(long, env = "HERALD_RETENTION_SWEEP_SECS")]
     pub retention_sweep_secs: Option<u64>,
+    /// Seconds over which a stopping node (SIGTERM) asks its streams to reconnect elsewhere
+    /// (`herald:reconnect`), spread evenly; 0 ends them all at once. Default: 10 for
+    /// `herald node`, 0 for `herald serve` (a single server has nowhere to send them).
+    #[arg(long, env = "HERALD_DRAIN_SECS")]
+    pub drain_secs: Option<u64>,
+    /// Streams are asked to reconnect (`herald:reconnect`) after 80–100 % of this many
+    /// seconds, so connections spread over the nodes again after scale-out (default: never).
+    #[arg(long, env = "HERALD_MAX_CONN_LIFETIME_SECS")]
+    pub max_conn_lifetime_secs: Option<u64>,
     /// Allow anonymous subscribe and publish. Never use in production.
     #[arg(long, env = "HERALD_DEV")]
     pub dev: bool,
@@ -91,6 +100,8 @@ pub struct FileConfig {
     pub idempotency_window_secs: Option<u64>,
     pub retention_sweep_secs: Option<u64>,
     pub shutdown_timeout_secs: Option<u64>,
+    pub drain_secs: Option<u64>,
+    pub max_conn_lifetime_secs: Option<u64>,
     /// `[namespaces.<name>]`; `[namespaces.default]` changes the fallback.
     #[serde(default)]
     pub namespaces: HashMap<String, NamespaceEntry>,
@@ -143,6 +154,8 @@ pub struct Config {
     pub dispatcher: herald_dispatcher::DispatcherConfig,
     pub max_batch: usize,
     pub shutdown_timeout: Duration,
+    /// `HERALD_DRAIN_SECS` if given; each role has its own default.
+    pub drain: Option<Duration>,
 }
 
 /// A secret that never prints.
@@ -249,6 +262,11 @@ impl Config {
         if let Some(v) = args.stream_sndbuf.or(file.stream_sndbuf) {
             node.stream_sndbuf = v;
         }
+        node.max_conn_lifetime = args
+            .max_conn_lifetime_secs
+            .or(file.max_conn_lifetime_secs)
+            .filter(|&v| v > 0)
+            .map(Duration::from_secs);
         node.slow_policies = slow_policies(&file.namespaces)?;
         let mut dispatcher = herald_dispatcher::DispatcherConfig {
             policies: policies(&file.namespaces)?,
@@ -284,6 +302,7 @@ impl Config {
             dispatcher,
             max_batch: file.max_batch.unwrap_or(1000).max(1),
             shutdown_timeout: Duration::from_secs(file.shutdown_timeout_secs.unwrap_or(10)),
+            drain: args.drain_secs.or(file.drain_secs).map(Duration::from_secs),
         })
     }
 }

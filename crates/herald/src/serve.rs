@@ -9,6 +9,7 @@ use herald_node::Node;
 use herald_store::{FjallOptions, FjallStore, Store};
 use std::io::Write;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Messages in flight from the sequencer to the node's fan-out loop.
 const FABRIC_QUEUE: usize = 65_536;
@@ -45,7 +46,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let state = State::new(&config, Some(node), Some(dispatcher), store, fabric, None);
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "herald serving");
     announce(addr);
-    server::serve(listener, state, shutdown_signal(), config.shutdown_timeout).await;
+    server::serve(
+        listener,
+        state,
+        shutdown_signal(),
+        config.shutdown_timeout,
+        config.drain.unwrap_or(Duration::ZERO),
+    )
+    .await;
     Ok(())
 }
 

@@ -23,6 +23,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
+/// How long a stopping node takes to move its streams to the other nodes by default: 50k
+/// streams then reconnect at about 5k a second.
+const DEFAULT_NODE_DRAIN: Duration = Duration::from_secs(10);
+
 /// Where the cluster's store is.
 #[derive(Debug, Clone, clap::Args)]
 pub struct StoreArgs {
@@ -205,7 +209,11 @@ async fn serve_role(role: Role, args: RoleArgs, config: Config) -> anyhow::Resul
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     };
-    server::serve(listener, state, shutdown, config.shutdown_timeout).await;
+    let drain = match role {
+        Role::Node => config.drain.unwrap_or(DEFAULT_NODE_DRAIN),
+        Role::Dispatcher => Duration::ZERO,
+    };
+    server::serve(listener, state, shutdown, config.shutdown_timeout, drain).await;
     for t in tasks {
         if tokio::time::timeout(Duration::from_secs(3), t)
             .await

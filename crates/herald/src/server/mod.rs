@@ -103,12 +103,14 @@ impl State {
     }
 }
 
-/// Serves `listener` until `shutdown` resolves, then shuts down within `timeout`.
+/// Serves `listener` until `shutdown` resolves, then stops accepting, moves its streams
+/// off over `drain` (see [`herald_node::Node::drain`]) and shuts down within `timeout`.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<State>,
     shutdown: impl Future<Output = ()>,
     timeout: Duration,
+    drain: Duration,
 ) {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut conns = JoinSet::new();
@@ -131,8 +133,11 @@ pub async fn serve(
         }
     }
     drop(listener);
-    tracing::info!("shutting down: ending streams and finishing in-flight requests");
     state.shutting_down.store(true, Ordering::Release);
+    if let (Some(node), false) = (&state.node, drain.is_zero()) {
+        node.drain(drain).await;
+    }
+    tracing::info!("shutting down: ending streams and finishing in-flight requests");
     let deadline = tokio::time::Instant::now() + timeout;
     if let Some(node) = &state.node {
         node.shutdown(timeout / 2).await;

@@ -235,6 +235,20 @@ pub fn metrics(state: &State) -> Response<ResponseBody> {
     );
     metric(
         &mut out,
+        "herald_drain_reconnects_total",
+        c,
+        "Streams asked to reconnect elsewhere (herald:reconnect) by a drain.",
+        n.drain_reconnects,
+    );
+    metric(
+        &mut out,
+        "herald_lifetime_reconnects_total",
+        c,
+        "Streams asked to reconnect (herald:reconnect) at their maximum lifetime.",
+        n.lifetime_reconnects,
+    );
+    metric(
+        &mut out,
         "herald_resync_repairs_total",
         c,
         "Channels caught up from the store after the fabric reported a possible loss.",

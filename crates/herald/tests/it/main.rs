@@ -10,6 +10,7 @@ mod cluster_bench;
 mod cluster_support;
 mod common;
 mod crash;
+mod drain;
 mod lifecycle;
 mod publish;
 mod slow;
