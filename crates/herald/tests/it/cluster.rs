@@ -241,12 +241,29 @@ async fn reconnect_to_another_node_resumes_gap_free() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_kill_clients_resume_elsewhere() -> anyhow::Result<()> {
+    node_leaves("node_kill_clients_resume_elsewhere", Leave::Kill9).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_drain_moves_clients_elsewhere_gap_free() -> anyhow::Result<()> {
+    node_leaves("node_drain_moves_clients_elsewhere_gap_free", Leave::Drain).await
+}
+
+/// How n0 goes away.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Leave {
+    Kill9,
+    /// SIGTERM with a 2 s drain: every stream is told to reconnect, spread over it.
+    Drain,
+}
+
+async fn node_leaves(test: &str, how: Leave) -> anyhow::Result<()> {
     let spec = Spec {
         nodes: 3,
+        node_drain: (how == Leave::Drain).then_some(Duration::from_secs(2)),
         ..Spec::default()
     };
-    let Some(mut cluster) = Cluster::start("node_kill_clients_resume_elsewhere", spec).await?
-    else {
+    let Some(mut cluster) = Cluster::start(test, spec).await? else {
         return Ok(());
     };
     let chans = ["kill:a", "kill:b", "kill:c"];
@@ -280,7 +297,10 @@ async fn node_kill_clients_resume_elsewhere() -> anyhow::Result<()> {
     )
     .await?;
 
-    cluster.nodes[0].kill9();
+    match how {
+        Leave::Kill9 => cluster.nodes[0].kill9(),
+        Leave::Drain => cluster.nodes[0].signal(libc::SIGTERM),
+    }
     let acked_at_kill = publisher.acked_len();
     wait_until(
         WAIT,
@@ -345,9 +365,23 @@ async fn node_kill_clients_resume_elsewhere() -> anyhow::Result<()> {
             log.events.iter().any(|g| g.node != 0),
             "subscriber {i} received messages after moving off n0"
         );
+        if how == Leave::Drain {
+            assert_eq!(
+                log.told_to_reconnect, 1,
+                "subscriber {i}: one herald:reconnect from the draining n0"
+            );
+        }
+    }
+    if how == Leave::Drain {
+        wait_until(
+            Duration::from_secs(15),
+            || "n0 to exit after its drain".into(),
+            || !cluster.nodes[0].alive(),
+        )
+        .await?;
     }
     eprintln!(
-        "node_kill: {} acknowledged ({} at the kill), {errors} publish errors",
+        "{test}: {} acknowledged ({} when n0 went), {errors} publish errors",
         acked.len(),
         acked_at_kill
     );

@@ -223,6 +223,9 @@ impl Proc {
                 &cluster.membership_ttl.as_millis().to_string(),
             ]);
         }
+        if let (Role::Node, Some(d)) = (role, cluster.node_drain) {
+            cmd.args(["--drain-secs", &d.as_secs().to_string()]);
+        }
         cmd.env("HERALD_API_KEYS", API_KEY)
             .env("HERALD_JWT_SECRET", SECRET)
             .env("HERALD_CLUSTER_SECRET", CLUSTER_SECRET)
@@ -362,6 +365,7 @@ struct ClusterConf {
     keyspace: String,
     nats_url: String,
     membership_ttl: Duration,
+    node_drain: Option<Duration>,
 }
 
 /// What to start.
@@ -371,6 +375,8 @@ pub struct Spec {
     pub membership_ttl: Duration,
     /// Start the processes before NATS, and do not wait for them to be ready.
     pub nats_down_at_start: bool,
+    /// `--drain-secs` of the nodes (default: the role's).
+    pub node_drain: Option<Duration>,
 }
 
 impl Default for Spec {
@@ -380,6 +386,7 @@ impl Default for Spec {
             nodes: 2,
             membership_ttl: Duration::from_millis(3000),
             nats_down_at_start: false,
+            node_drain: None,
         }
     }
 }
@@ -426,6 +433,7 @@ impl Cluster {
             keyspace: keyspace.clone(),
             nats_url: nats.url(),
             membership_ttl: spec.membership_ttl,
+            node_drain: spec.node_drain,
         };
         let mut cluster = Cluster {
             test: test.to_owned(),
@@ -593,6 +601,8 @@ pub struct SubLog {
     pub events: Vec<Got>,
     /// `herald:*` events and anything else that is not a message (should stay empty).
     pub anomalies: Vec<String>,
+    /// `herald:reconnect` events (a draining node moving the stream elsewhere).
+    pub told_to_reconnect: u32,
     /// Streams that ended or failed and were reopened.
     pub reconnects: u32,
     pub last_error: Option<String>,
@@ -655,7 +665,9 @@ impl BgSub {
                         Err(_) => continue,
                         Ok(Ok(Some(ev))) => {
                             let mut g = lock(&l);
-                            if ev.event.starts_with("herald:") {
+                            if ev.event == "herald:reconnect" {
+                                g.told_to_reconnect += 1;
+                            } else if ev.event.starts_with("herald:") {
                                 g.anomalies
                                     .push(format!("node {node}: {} {}", ev.event, ev.data));
                             } else if ev.id.is_none() {
