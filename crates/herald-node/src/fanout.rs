@@ -13,6 +13,8 @@ use tokio::sync::{mpsc, watch};
 /// keeps up this is 1 (each message leaves at once); when it falls behind, the messages
 /// that queued meanwhile leave together, one write per connection.
 const MAX_BATCH: usize = 512;
+/// Messages waiting beyond which the node counts as behind and drops ephemeral ones.
+const SHED_EPHEMERAL_AT: usize = MAX_BATCH / 2;
 
 pub(crate) async fn run(
     node: Arc<Node>,
@@ -62,6 +64,16 @@ pub(crate) async fn run(
         // the last subscriber sooner. Behind (several messages): one thread, so more messages
         // pile up per connection and leave in one write, which is cheaper per delivery.
         let parallel = batch.len() == 1;
+        if batch.len() >= SHED_EPHEMERAL_AT {
+            // Falling behind: ephemeral messages (reactions, counters) go first, so the
+            // reliable ones reach their subscribers sooner.
+            let before = batch.len();
+            batch.retain(|m| !m.is_ephemeral());
+            node.counters.ephemeral_shed.fetch_add(
+                (before - batch.len()) as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
         for fm in batch.drain(..) {
             repairs.offer(&node, Message::from_fabric(&fm), &mut flush);
         }

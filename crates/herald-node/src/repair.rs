@@ -121,7 +121,13 @@ impl Repairs {
     /// Delivers `msg` unless its channel waits for a repair (then it waits too), starting a
     /// repair if it reveals a hole.
     pub fn offer(&mut self, node: &Node, msg: Arc<Message>, flush: &mut Vec<Arc<ConnQueue>>) {
-        if let Some(p) = self.parked.get_mut(&msg.channel) {
+        // Nearly always nothing waits: skip hashing the channel name then.
+        let waiting = if self.parked.is_empty() {
+            None
+        } else {
+            self.parked.get_mut(&msg.channel)
+        };
+        if let Some(p) = waiting {
             if p.waiting.len() < MAX_PARKED {
                 p.waiting.push_back(msg);
                 return;

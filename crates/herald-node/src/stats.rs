@@ -11,6 +11,8 @@ pub struct NodeStats {
     pub deliveries: u64,
     pub ephemeral_dropped: u64,
     pub ephemeral_conflated: u64,
+    /// Ephemeral messages dropped before fan-out because the node was behind.
+    pub ephemeral_shed: u64,
     /// Ephemeral messages that replaced the oldest queued one (`drop_oldest`, `conflate`).
     pub ephemeral_evicted: u64,
     /// Connections closed for a full queue by an ephemeral message (`disconnect`).
@@ -47,6 +49,7 @@ pub(crate) struct Counters {
     pub deliveries: AtomicU64,
     pub ephemeral_dropped: AtomicU64,
     pub ephemeral_conflated: AtomicU64,
+    pub ephemeral_shed: AtomicU64,
     pub ephemeral_evicted: AtomicU64,
     pub ephemeral_disconnects: AtomicU64,
     pub slow_disconnects: AtomicU64,
@@ -78,6 +81,7 @@ impl Counters {
             deliveries: self.deliveries.load(Relaxed),
             ephemeral_dropped: self.ephemeral_dropped.load(Relaxed),
             ephemeral_conflated: self.ephemeral_conflated.load(Relaxed),
+            ephemeral_shed: self.ephemeral_shed.load(Relaxed),
             ephemeral_evicted: self.ephemeral_evicted.load(Relaxed),
             ephemeral_disconnects: self.ephemeral_disconnects.load(Relaxed),
             slow_disconnects: self.slow_disconnects.load(Relaxed),

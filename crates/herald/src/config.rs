@@ -72,6 +72,14 @@ pub struct ServeArgs {
     /// seconds, so connections spread over the nodes again after scale-out (default: never).
     #[arg(long, env = "HERALD_MAX_CONN_LIFETIME_SECS")]
     pub max_conn_lifetime_secs: Option<u64>,
+    /// New streams a second this process accepts (a flash crowd or reconnect storm beyond it
+    /// gets 503 `overloaded` with Retry-After); 0 = no limit.
+    #[arg(long, env = "HERALD_MAX_STREAM_OPENS_PER_SEC")]
+    pub max_stream_opens_per_sec: Option<u32>,
+    /// Open connections per client IP (more get 429 with Retry-After); 0 = no limit. Behind
+    /// a proxy every client has the proxy's address: leave it off there.
+    #[arg(long, env = "HERALD_MAX_CONNS_PER_IP")]
+    pub max_conns_per_ip: Option<u32>,
     /// Allow anonymous subscribe and publish. Never use in production.
     #[arg(long, env = "HERALD_DEV")]
     pub dev: bool,
@@ -102,6 +110,8 @@ pub struct FileConfig {
     pub shutdown_timeout_secs: Option<u64>,
     pub drain_secs: Option<u64>,
     pub max_conn_lifetime_secs: Option<u64>,
+    pub max_stream_opens_per_sec: Option<u32>,
+    pub max_conns_per_ip: Option<u32>,
     /// `[namespaces.<name>]`; `[namespaces.default]` changes the fallback.
     #[serde(default)]
     pub namespaces: HashMap<String, NamespaceEntry>,
@@ -112,6 +122,10 @@ pub struct FileConfig {
 pub struct ApiKeyEntry {
     pub name: String,
     pub key: String,
+    /// Messages a second this key may publish (429 `rate_limited` beyond); none: no limit.
+    pub rate_per_sec: Option<f64>,
+    /// Messages it may publish at once above the rate (default: one second's worth).
+    pub burst: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -122,6 +136,11 @@ pub struct NamespaceEntry {
     pub ephemeral_only: Option<bool>,
     pub max_payload_bytes: Option<usize>,
     pub publishers: Option<Vec<String>>,
+    /// Messages a second published to this namespace, by all keys together (429
+    /// `rate_limited` beyond); none: no limit.
+    pub publish_rate_per_sec: Option<f64>,
+    /// Messages at once above that rate (default: one second's worth).
+    pub publish_burst: Option<f64>,
     /// What happens to ephemeral messages for a connection whose queue is full:
     /// `drop_oldest` (default), `drop_newest`, `conflate` or `disconnect`. Reliable
     /// messages always disconnect such a connection; it resumes from its cursor.
@@ -156,6 +175,7 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// `HERALD_DRAIN_SECS` if given; each role has its own default.
     pub drain: Option<Duration>,
+    pub limits: crate::server::admission::Limits,
 }
 
 /// A secret that never prints.
@@ -238,8 +258,9 @@ impl Config {
             None => file.cors_origins.clone(),
         };
         let mut node = herald_node::NodeConfig::default();
-        if let Some(v) = args.max_connections.or(file.max_connections) {
-            node.max_connections = v;
+        match args.max_connections.or(file.max_connections) {
+            Some(v) => node.max_connections = v,
+            None => node.max_connections = node.max_connections.min(streams_below_file_limit()),
         }
         if let Some(v) = args.heartbeat_secs.or(file.heartbeat_secs) {
             node.heartbeat = Duration::from_secs(v.max(1));
@@ -281,6 +302,7 @@ impl Config {
         if let Some(v) = args.retention_sweep_secs.or(file.retention_sweep_secs) {
             dispatcher.sweep_interval = Duration::from_secs(v.max(1));
         }
+        let limits = limits(args, &file)?;
         let key_names: Vec<&str> = api_keys.iter().map(|k| k.name.as_str()).collect();
         for (ns, p) in &dispatcher.policies.namespaces {
             for name in p.publishers.iter().flatten() {
@@ -303,8 +325,68 @@ impl Config {
             max_batch: file.max_batch.unwrap_or(1000).max(1),
             shutdown_timeout: Duration::from_secs(file.shutdown_timeout_secs.unwrap_or(10)),
             drain: args.drain_secs.or(file.drain_secs).map(Duration::from_secs),
+            limits,
         })
     }
+}
+
+/// Streams this process can hold while file descriptors remain for the API, the store and
+/// the cluster's connections: refused streams then get a clear 503 while publishes and
+/// health checks still get through, instead of every accept failing.
+fn streams_below_file_limit() -> usize {
+    match rustix::process::getrlimit(rustix::process::Resource::Nofile).current {
+        Some(files) => {
+            let files = usize::try_from(files).unwrap_or(usize::MAX);
+            files.saturating_sub((files / 20).max(256)).max(1)
+        }
+        None => usize::MAX,
+    }
+}
+
+/// Admission limits from flags, environment and the file.
+fn limits(args: &ServeArgs, file: &FileConfig) -> anyhow::Result<crate::server::admission::Limits> {
+    let rate =
+        |what: &str, rate: Option<f64>, burst: Option<f64>| -> anyhow::Result<Option<(f64, f64)>> {
+            let Some(r) = rate else {
+                if burst.is_some() {
+                    bail!("{what}: a burst without a rate");
+                }
+                return Ok(None);
+            };
+            if !(r.is_finite() && r > 0.0) {
+                bail!("{what}: the rate must be a positive number of messages a second");
+            }
+            let b = burst.unwrap_or(r.max(1.0));
+            if !(b.is_finite() && b >= 1.0) {
+                bail!("{what}: the burst must be at least 1");
+            }
+            Ok(Some((r, b)))
+        };
+    let mut publish_per_key = HashMap::new();
+    for k in &file.api_keys {
+        if let Some(v) = rate(&format!("api key '{}'", k.name), k.rate_per_sec, k.burst)? {
+            publish_per_key.insert(k.name.clone(), v);
+        }
+    }
+    let mut publish_per_namespace = HashMap::new();
+    for (ns, n) in &file.namespaces {
+        if let Some(v) = rate(
+            &format!("namespace '{ns}'"),
+            n.publish_rate_per_sec,
+            n.publish_burst,
+        )? {
+            publish_per_namespace.insert(ns.clone(), v);
+        }
+    }
+    Ok(crate::server::admission::Limits {
+        stream_opens_per_sec: args
+            .max_stream_opens_per_sec
+            .or(file.max_stream_opens_per_sec)
+            .unwrap_or(0),
+        conns_per_ip: args.max_conns_per_ip.or(file.max_conns_per_ip).unwrap_or(0),
+        publish_per_key,
+        publish_per_namespace,
+    })
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {

@@ -2,12 +2,18 @@
 
 use super::body::ResponseBody;
 use http::{Response, StatusCode};
+use std::time::Duration;
+
+/// `Retry-After` of a 429 or 503 that does not know better.
+const DEFAULT_RETRY_AFTER_SECS: u64 = 5;
 
 #[derive(Debug)]
 pub struct ApiError {
     pub status: u16,
     pub code: &'static str,
     pub message: String,
+    /// When to come back, for 429 and 503 (default 5 s).
+    pub retry_after: Option<Duration>,
 }
 
 impl ApiError {
@@ -16,7 +22,23 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// Says when a retry may succeed (rounded up to whole seconds on the wire).
+    pub fn retry_after(mut self, wait: Duration) -> Self {
+        self.retry_after = Some(wait);
+        self
+    }
+
+    /// The `Retry-After` value in seconds, for statuses that carry one.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        (self.status == 503 || self.status == 429).then(|| {
+            self.retry_after.map_or(DEFAULT_RETRY_AFTER_SECS, |d| {
+                d.as_secs_f64().ceil().max(1.0) as u64
+            })
+        })
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -41,11 +63,9 @@ impl ApiError {
                 http::HeaderValue::from_static("close"),
             );
         }
-        if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
-            resp.headers_mut().insert(
-                http::header::RETRY_AFTER,
-                http::HeaderValue::from_static("5"),
-            );
+        if let Some(secs) = self.retry_after_secs() {
+            resp.headers_mut()
+                .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
         }
         resp
     }

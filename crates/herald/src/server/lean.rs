@@ -75,27 +75,49 @@ pub async fn first_request(state: &Arc<State>, stream: TcpStream) -> First {
             head.extend_from_slice(b"connection: close\r\n\r\n");
             return First::Stream(plan, stream, Bytes::from(head));
         }
-        Err(e) => {
-            let body = herald_proto::error_json(e.code, &e.message);
-            let mut out = format!(
-                "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
-                e.status,
-                reason(e.status),
-                body.len()
-            )
-            .into_bytes();
-            if e.status == 503 {
-                push_header(&mut out, "retry-after", b"5");
-            }
-            for (k, v) in &cors {
-                push_header(&mut out, k, v.as_bytes());
-            }
-            out.extend_from_slice(b"\r\n");
-            out.extend_from_slice(&body);
-            let _ = tokio::time::timeout(Duration::from_secs(5), write_all(&stream, &out)).await;
-        }
+        Err(e) => write_error(&stream, &e, &cors).await,
     }
     First::Done
+}
+
+/// Answers a connection refused before its request was read (e.g. too many from its
+/// address) and closes it.
+pub async fn refuse(mut stream: TcpStream, e: ApiError) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Take what the client already sent and close gently: closing a socket with unread
+    // input resets it, and the client may then lose the answer.
+    let mut scratch = [0u8; 2048];
+    let _ = tokio::time::timeout(REFUSE_LINGER, stream.read(&mut scratch)).await;
+    write_error(&stream, &e, &[]).await;
+    let _ = stream.shutdown().await;
+    let _ = tokio::time::timeout(REFUSE_LINGER, async {
+        while matches!(stream.read(&mut scratch).await, Ok(n) if n > 0) {}
+    })
+    .await;
+}
+
+/// How long a refused connection is read from (its request, then until the client closes).
+const REFUSE_LINGER: Duration = Duration::from_millis(500);
+
+/// Writes `e` as a complete `connection: close` response.
+async fn write_error(stream: &TcpStream, e: &ApiError, cors: &[(&'static str, HeaderValue)]) {
+    let body = herald_proto::error_json(e.code, &e.message);
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
+        e.status,
+        reason(e.status),
+        body.len()
+    )
+    .into_bytes();
+    if let Some(secs) = e.retry_after_secs() {
+        push_header(&mut out, "retry-after", secs.to_string().as_bytes());
+    }
+    for (k, v) in cors {
+        push_header(&mut out, k, v.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&body);
+    let _ = tokio::time::timeout(Duration::from_secs(5), write_all(stream, &out)).await;
 }
 
 fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {

@@ -2,6 +2,7 @@
 //! (stop accepting, end streams with a jittered `retry:`, finish in-flight publishes, flush).
 
 mod ack;
+pub mod admission;
 pub mod body;
 pub mod cors;
 pub mod error;
@@ -52,6 +53,7 @@ pub struct State {
     pub publish_latency: metrics::Histogram,
     pub shutting_down: AtomicBool,
     pub max_batch: usize,
+    pub admission: admission::Admission,
 }
 
 impl State {
@@ -79,6 +81,7 @@ impl State {
             publish_latency: Default::default(),
             shutting_down: AtomicBool::new(false),
             max_batch: config.max_batch,
+            admission: admission::Admission::new(&config.limits),
         })
     }
 
@@ -119,9 +122,25 @@ pub async fn serve(
         tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
+                Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    conns.spawn(connection(stream, state.clone(), stop_rx.clone()));
+                    let slot = match &state.admission.per_ip {
+                        None => None,
+                        Some(slots) => match slots.enter(peer.ip()) {
+                            Some(slot) => Some(slot),
+                            None => {
+                                state.admission.refused_per_ip.fetch_add(1, Ordering::Relaxed);
+                                conns.spawn(lean::refuse(stream, too_many_from_ip()));
+                                continue;
+                            }
+                        },
+                    };
+                    let st = state.clone();
+                    let stop = stop_rx.clone();
+                    conns.spawn(async move {
+                        connection(stream, st, stop).await;
+                        drop(slot);
+                    });
                 }
                 Err(e) => {
                     // Out of file descriptors and similar: back off instead of spinning.
@@ -165,6 +184,14 @@ pub async fn serve(
         dispatcher.shutdown(left.max(Duration::from_secs(1))).await;
     }
     tracing::info!("shutdown complete");
+}
+
+fn too_many_from_ip() -> ApiError {
+    ApiError::new(
+        429,
+        "too_many_connections_from_ip",
+        "this client address has as many connections open as this server allows",
+    )
 }
 
 /// One accepted connection. Its future lives as long as the connection, so it is kept

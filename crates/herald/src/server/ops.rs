@@ -233,6 +233,35 @@ pub fn metrics(state: &State) -> Response<ResponseBody> {
         "Fabric gaps stepped over without a store read (repairs saturated); connections resume.",
         n.gap_skips,
     );
+    let refused = |x: &std::sync::atomic::AtomicU64| x.load(std::sync::atomic::Ordering::Relaxed);
+    metric(
+        &mut out,
+        "herald_ephemeral_shed_total",
+        c,
+        "Ephemeral messages dropped before fan-out while the node was behind (reliable ones go first).",
+        n.ephemeral_shed,
+    );
+    metric(
+        &mut out,
+        "herald_streams_refused_rate_total",
+        c,
+        "Streams refused (503 overloaded) over HERALD_MAX_STREAM_OPENS_PER_SEC.",
+        refused(&state.admission.refused_stream_rate),
+    );
+    metric(
+        &mut out,
+        "herald_connections_refused_per_ip_total",
+        c,
+        "Connections refused (429) over HERALD_MAX_CONNS_PER_IP.",
+        refused(&state.admission.refused_per_ip),
+    );
+    metric(
+        &mut out,
+        "herald_publishes_rate_limited_total",
+        c,
+        "Publish requests refused (429 rate_limited) by a key's or namespace's rate.",
+        refused(&state.admission.refused_publish_rate),
+    );
     metric(
         &mut out,
         "herald_drain_reconnects_total",

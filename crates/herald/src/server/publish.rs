@@ -96,6 +96,13 @@ async fn publish(
     forwarded: bool,
     items: Vec<PublishItem>,
 ) -> Result<Vec<herald_proto::PublishResult>, ApiError> {
+    // The dispatcher that took the request counted it; the owner it was forwarded to does not
+    // count it again.
+    if !forwarded {
+        state
+            .admission
+            .admit_publish(publisher, items.iter().map(|i| i.channel.as_str()))?;
+    }
     match &state.routing {
         // A forwarded request is published where it landed: no second hop, no loops.
         Some(routing) if !forwarded => routing.publish(dispatcher, publisher, items).await,

@@ -63,6 +63,7 @@ pub async fn prepare(
             format!("the token does not allow channel '{denied}'"),
         ));
     }
+    state.admission.admit_stream()?;
     // The header wins: it is what the browser sends on its automatic reconnect, while the
     // query holds the position of the first connect.
     let header_cursor = match headers.get("last-event-id") {

@@ -2,6 +2,7 @@
 //! real clients (herald-client, reqwest, raw TCP, and the `eventsource-client` crate).
 
 mod acks;
+mod admission;
 mod bad_input;
 mod bench;
 mod check;

@@ -1,5 +1,6 @@
-//! A hole in one channel is repaired from the store without holding up the others: the
-//! embedded store, with the repair read of one channel held back until the test lets it go.
+//! The fan-out loop under trouble, on the embedded store: a hole in one channel is repaired
+//! without holding up the others (the repair read of one channel is held back until the
+//! test lets it go), and a node that is behind drops ephemeral messages first.
 
 use anyhow::{bail, Context};
 use async_trait::async_trait;
@@ -230,6 +231,49 @@ async fn a_channel_waiting_for_its_repair_does_not_hold_up_the_others() -> anyho
     assert_eq!(numbers(&seen_a), vec![4, 5, 6], "a in order, none skipped");
     let stats = node.stats();
     assert_eq!((stats.gap_repairs, stats.gap_skips), (1, 0));
+    node.shutdown(Duration::from_secs(5)).await;
+    Ok(())
+}
+
+fn ephemeral_msg(channel: &str) -> Incoming {
+    Incoming::Message(FabricMessage {
+        channel: Arc::from(channel),
+        epoch: 0,
+        seq: 0,
+        ts_ms: 1,
+        event: Arc::from("reaction"),
+        data: Bytes::from_static(b"{}"),
+        conflation_key: None,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_behind_drops_ephemeral_messages_first() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = Arc::new(FjallStore::open(FjallOptions::new(dir.path()))?);
+    let (fabric, _unused) = in_process(16);
+    // 600 messages wait before the fan-out loop starts: the node is behind.
+    let (tx, rx) = mpsc::channel(1024);
+    for seq in 1..=300 {
+        tx.send(ephemeral_msg("a")).await?;
+        tx.send(fabric_msg("a", seq)).await?;
+    }
+    let node = Node::start(store, Arc::new(fabric), rx, NodeConfig::default());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tx.capacity() < tx.max_capacity() {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the fan-out loop did not take the queue"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // A batch is sorted as it is taken off the queue, so with the queue empty the count is
+    // final: the first, long batch shed its ephemeral messages, the short rest kept them.
+    let shed = node.stats().ephemeral_shed;
+    assert!(
+        shed > 0 && shed < 300,
+        "ephemeral messages shed while behind, not after: {shed}"
+    );
     node.shutdown(Duration::from_secs(5)).await;
     Ok(())
 }
