@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Markdown comparison table from scripts/bench-compare's results file (JSON lines).
 
-Each line: {"name": scenario, "server": "herald"|"nchan", "run": k, "exit": rc,
+Each line: {"name": scenario, "server": "herald"|"nchan"|"floor", "run": k, "exit": rc,
 "server_alive": bool, "report": <herald bench JSON line or null>}.
 Medians over the runs that produced a report; every failure (non-zero exit, no report,
 server died, lost/failed/duplicate/out-of-order/publish errors) is listed in the notes column.
@@ -61,8 +61,15 @@ FIGURES = {
         ("deliveries per server CPU-s", _get("deliveries_per_server_cpu_s"), HIGHER, fmt_int),
     ],
 }
-# Scenarios a server cannot run (no batch publish API in nchan).
+# Scenarios a server cannot run (no batch publish API in nchan; the floor has no store).
 NOT_APPLICABLE = {("ingest-batch", "nchan"), ("resume", "nchan")}
+FLOOR_SCENARIOS = {"idle", "fanout", "fanout10", "channels"}
+
+
+def not_applicable(name, server):
+    if server == "floor":
+        return name not in FLOOR_SCENARIOS
+    return (name, server) in NOT_APPLICABLE
 
 
 def problems(row):
@@ -114,15 +121,22 @@ def main():
     for r in rows:
         runs.setdefault((r["name"], r["server"]), []).append(r)
 
-    print("| scenario | figure | better | Herald | nchan | Herald/nchan | reports/runs | notes |")
-    print("|---|---|---|---:|---:|---:|---|---|")
+    present = {r["server"] for r in rows}
+    # Herald against each peer that ran: nchan (a real server) and the floor (`herald floor`).
+    peers = [p for p in ("nchan", "floor") if p in present] or ["nchan"]
+    servers = ["herald"] + peers
+    label_of = {"herald": "Herald", "nchan": "nchan", "floor": "floor"}
+    head = " | ".join(label_of[s] for s in servers)
+    ratios = " | ".join(f"Herald/{label_of[p]}" for p in peers)
+    print(f"| scenario | figure | better | {head} | {ratios} | reports/runs | notes |")
+    print("|---|---|---|" + "---:|" * (len(servers) + len(peers)) + "---|---|")
     for name in order:
         figs = FIGURES.get(name)
         if not figs:
             continue
         per = {}
         notes = []
-        for server in ("herald", "nchan"):
+        for server in servers:
             rs = runs.get((name, server), [])
             reps = [r["report"] for r in rs if r.get("report") is not None]
             per[server] = (rs, reps)
@@ -132,34 +146,41 @@ def main():
                     notes.append(f"{server} run {r.get('run')}: " + ", ".join(p))
         runs_col = ", ".join(
             f"{s[0].upper() if s == 'herald' else s[0]} "
-            + ("n/a" if (name, s) in NOT_APPLICABLE else f"{len(per[s][1])}/{len(per[s][0])}")
-            for s in ("herald", "nchan")
+            + ("n/a" if not_applicable(name, s) else f"{len(per[s][1])}/{len(per[s][0])}")
+            for s in servers
         )
         for i, (label, get, better, fmt) in enumerate(figs):
             vals = {}
             cells = {}
-            for server in ("herald", "nchan"):
-                if (name, server) in NOT_APPLICABLE:
+            for server in servers:
+                if not_applicable(name, server):
                     vals[server], cells[server] = None, "n/a"
                     continue
                 m = median([get(rep) for rep in per[server][1]])
                 vals[server] = m
                 cells[server] = "—" if m is None else fmt(m)
-            h, n = vals["herald"], vals["nchan"]
-            if h is None or n is None:
-                ratio = "n/a" if "n/a" in cells.values() else "—"
-            elif n == 0:
-                ratio = "= (both 0)" if h == 0 else "∞"
-            else:
-                ratio = f"{h / n:.2f}×"
+            ratio_cells = []
+            for peer in peers:
+                h, n = vals["herald"], vals[peer]
+                if h is None or n is None:
+                    ratio = "n/a" if "n/a" in (cells["herald"], cells[peer]) else "—"
+                elif n == 0:
+                    ratio = "= (both 0)" if h == 0 else "∞"
+                else:
+                    ratio = f"{h / n:.2f}×"
+                ratio_cells.append(ratio)
             note = "; ".join(notes) if i == 0 else ""
             print(
-                f"| {name} | {label} | {better} | {cells['herald']} | {cells['nchan']} | "
-                f"{ratio} | {runs_col if i == 0 else ''} | {note} |"
+                f"| {name} | {label} | {better} | "
+                + " | ".join(cells[s] for s in servers)
+                + " | "
+                + " | ".join(ratio_cells)
+                + f" | {runs_col if i == 0 else ''} | {note} |"
             )
     print()
     print(
-        "Medians over the runs that produced a report ('reports/runs': H = Herald, n = nchan); "
+        "Medians over the runs that produced a report ('reports/runs': H = Herald, n = nchan, "
+        "f = floor); "
         "every unclean run is listed in notes. Ingest: Herald's publishes are durable (embedded "
         "store); nchan keeps messages in shared memory only. 'n/a': nchan has no batch publish API."
     )

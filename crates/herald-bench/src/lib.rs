@@ -9,6 +9,7 @@
 mod coordinator;
 mod counters;
 mod cql;
+pub mod floor;
 mod measure;
 mod parse;
 pub mod procstat;

@@ -58,6 +58,13 @@ enum Command {
     /// Fault-injecting check of the guarantees: kills and restarts servers under load and
     /// verifies what clients saw (durability, order, gap-free resume, resets, exactly-once).
     Check(herald_check::Args),
+    /// The floor for benchmarks: a minimal one-thread epoll SSE server (no store, Herald's
+    /// wire bytes, the API subset `herald bench` uses) to measure Herald against.
+    Floor {
+        /// Address to listen on (port 0 picks one; printed as `herald floor listening on …`).
+        #[arg(long, default_value = "127.0.0.1:7071")]
+        listen: std::net::SocketAddr,
+    },
     /// One process of `herald bench` holding connections (started by `bench`).
     #[command(hide = true)]
     BenchWorker {
@@ -92,6 +99,7 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Floor { listen } => herald_bench::floor::run(listen),
         Command::BenchWorker { spec } => {
             let spec = serde_json::from_str(&spec)?;
             cli::runtime()?.block_on(herald_bench::worker::run(spec))

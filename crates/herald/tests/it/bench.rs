@@ -2,6 +2,7 @@
 //! (Performance is measured by running the bench itself, never by timed tests.)
 
 use crate::common::*;
+use anyhow::Context;
 use std::process::Command;
 
 fn bench(server: &Server, args: &[&str]) -> anyhow::Result<serde_json::Value> {
@@ -114,5 +115,88 @@ async fn bench_smoke_resume_storm_catches_everyone_up() -> anyhow::Result<()> {
     assert_eq!(r["duplicates"], 0);
     assert_eq!(r["out_of_order"], 0);
     assert!(r["resume_caught_up_s"].as_f64().unwrap_or(0.0) > 0.0);
+    Ok(())
+}
+
+/// `herald floor` on a free port; killed when dropped.
+struct Floor {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Floor {
+    fn start() -> anyhow::Result<Floor> {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["floor", "--listen", "127.0.0.1:0"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let stdout = child.stdout.take().context("floor stdout")?;
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        let port = line
+            .trim()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .with_context(|| format!("floor's listening line: {line:?}"))?;
+        Ok(Floor { child, port })
+    }
+}
+
+impl Drop for Floor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Fan-out at 10 msgs/s to 300 connections for 2 s.
+const FANOUT10: [&str; 8] = [
+    "--scenario",
+    "fanout",
+    "--rate",
+    "10",
+    "--connections",
+    "300",
+    "--duration",
+    "2",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_smoke_fanout_against_the_floor() -> anyhow::Result<()> {
+    let floor = Floor::start()?;
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("bench")
+        .args(["--addr", &format!("127.0.0.1:{}", floor.port)])
+        .args(FANOUT10)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "bench against the floor failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout)?;
+    let f: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())?;
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(dir.path(), &Opts::default())?;
+    let h = bench(&server, &FANOUT10)?;
+    for (who, r) in [("floor", &f), ("herald", &h)] {
+        assert_eq!(r["connected"], 300, "{who}");
+        assert_eq!(r["lost"], 0, "{who} lost messages");
+        assert_eq!(r["out_of_order"], 0, "{who}");
+        assert!(
+            r["published"].as_u64().unwrap_or(0) >= 15,
+            "{who} published"
+        );
+    }
+    // A loose bound for a seconds-long run on a shared box; the real ratio comes from
+    // `scripts/bench-compare` (BENCHMARKS.md).
+    let p99 = |r: &serde_json::Value| r["latency_ms"]["p99"].as_f64().unwrap_or(f64::MAX);
+    let (fp, hp) = (p99(&f), p99(&h));
+    assert!(
+        hp <= (3.0 * fp).max(fp + 25.0),
+        "Herald's fan-out p99 {hp:.1} ms against the floor's {fp:.1} ms"
+    );
     Ok(())
 }
