@@ -33,6 +33,10 @@ pub enum Scenario {
     /// One channel, single publishes as fast as `--publishers` concurrent publishers go,
     /// subscribers on every node (order checked by Herald's seq).
     Hot,
+    /// A flash crowd: `--connections` follow one channel publishing `--rate` msgs/s; after
+    /// `--crowd-at` seconds `--crowd` more join it as fast as they can. Reports how long the
+    /// crowd took to connect and the first subscribers' p99 before and during it.
+    FlashCrowd,
     /// The store alone: the bench inserts message rows into Cassandra (`--cql`) itself.
     StoreInsert,
     /// The same, each insert conditional (`IF NOT EXISTS`: one Paxos round).
@@ -126,15 +130,21 @@ pub struct Args {
     /// Resume scenario: messages per channel the clients are behind.
     #[arg(long, default_value_t = 1000)]
     pub backlog: u64,
+    /// Flash crowd: connections that join at once.
+    #[arg(long, default_value_t = 15_000)]
+    pub crowd: usize,
+    /// Flash crowd: seconds of steady publishing before the crowd joins.
+    #[arg(long, default_value_t = 4.0)]
+    pub crowd_at: f64,
 }
 
-struct Resolved {
-    connections: usize,
-    channels: usize,
-    rate: f64,
-    duration: Duration,
-    publishers: usize,
-    batch: usize,
+pub(crate) struct Resolved {
+    pub connections: usize,
+    pub channels: usize,
+    pub rate: f64,
+    pub duration: Duration,
+    pub publishers: usize,
+    pub batch: usize,
 }
 
 fn resolve(a: &Args) -> Resolved {
@@ -145,6 +155,7 @@ fn resolve(a: &Args) -> Resolved {
         Scenario::Ingest => (0, 100, 0.0, 10.0, 4, 1000),
         Scenario::Resume => (10_000, 100, 0.0, 0.0, 4, 1000),
         Scenario::Hot => (30, 1, 0.0, 10.0, 32, 1),
+        Scenario::FlashCrowd => (1_000, 1, 50.0, 12.0, 1, 1),
         Scenario::StoreInsert | Scenario::StoreLwt => (0, 100, 0.0, 10.0, 32, 1),
         Scenario::Custom => (100, 10, 100.0, 5.0, 4, 1),
     };
@@ -158,13 +169,35 @@ fn resolve(a: &Args) -> Resolved {
     }
 }
 
-struct Worker {
-    child: Child,
+pub(crate) struct Worker {
+    pub child: Child,
     stdin: ChildStdin,
     stdout: Lines<BufReader<ChildStdout>>,
 }
 
 impl Worker {
+    /// Starts a `herald bench-worker` process holding `spec`'s connections.
+    pub fn spawn(spec: &WorkerSpec) -> anyhow::Result<Worker> {
+        let exe = std::env::current_exe().context("locating the herald binary")?;
+        let mut child = tokio::process::Command::new(&exe)
+            .arg("bench-worker")
+            .arg("--spec")
+            .arg(serde_json::to_string(spec)?)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting a bench worker")?;
+        let stdin = child.stdin.take().context("worker stdin")?;
+        let stdout = BufReader::new(child.stdout.take().context("worker stdout")?).lines();
+        Ok(Worker {
+            child,
+            stdin,
+            stdout,
+        })
+    }
+
     async fn ask(&mut self, cmd: &Command) -> anyhow::Result<WorkerReport> {
         let mut line = serde_json::to_vec(cmd)?;
         line.push(b'\n');
@@ -178,7 +211,10 @@ impl Worker {
     }
 }
 
-async fn ask_all(workers: &mut [Worker], cmd: &Command) -> anyhow::Result<Vec<WorkerReport>> {
+pub(crate) async fn ask_all(
+    workers: &mut [Worker],
+    cmd: &Command,
+) -> anyhow::Result<Vec<WorkerReport>> {
     let mut out = Vec::with_capacity(workers.len());
     for w in workers.iter_mut() {
         out.push(w.ask(cmd).await?);
@@ -186,13 +222,13 @@ async fn ask_all(workers: &mut [Worker], cmd: &Command) -> anyhow::Result<Vec<Wo
     Ok(out)
 }
 
-fn progress(text: &str) {
+pub(crate) fn progress(text: &str) {
     let mut e = std::io::stderr().lock();
     let _ = write!(e, "\r[bench] {text:<100}");
     let _ = e.flush();
 }
 
-fn server_cpu(pid: Option<u32>) -> f64 {
+pub(crate) fn server_cpu(pid: Option<u32>) -> f64 {
     pid.and_then(|p| crate::procstat::cpu_seconds(p).ok())
         .unwrap_or(0.0)
 }
@@ -252,6 +288,9 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     if store {
         return run_store(&args, &r, meter, report).await;
     }
+    if args.scenario == Scenario::FlashCrowd {
+        return crate::flash::run(&args, &r, &target, meter, report).await;
+    }
     let bench_cpu0 = crate::procstat::own_cpu_seconds();
     if let Some(pid) = args.server_pid {
         report.server_rss_before = crate::procstat::rss_bytes(pid)?;
@@ -301,7 +340,6 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     // Connections, held by worker processes.
     let mut workers = Vec::new();
     let per = args.per_worker.max(1);
-    let exe = std::env::current_exe().context("locating the herald binary")?;
     let mut first = 0;
     while first < r.connections {
         let count = per.min(r.connections - first);
@@ -314,24 +352,9 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             connect_concurrency: args.connect_concurrency,
             resume_from: resume_from.clone(),
             order,
+            joins_live: false,
         };
-        let mut child = tokio::process::Command::new(&exe)
-            .arg("bench-worker")
-            .arg("--spec")
-            .arg(serde_json::to_string(&spec)?)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting a bench worker")?;
-        let stdin = child.stdin.take().context("worker stdin")?;
-        let stdout = BufReader::new(child.stdout.take().context("worker stdout")?).lines();
-        workers.push(Worker {
-            child,
-            stdin,
-            stdout,
-        });
+        workers.push(Worker::spawn(&spec)?);
         first += count;
     }
     let connect_deadline = Instant::now() + Duration::from_secs(180);
@@ -475,23 +498,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         let _ = w.child.start_kill();
     }
     eprintln!();
-    let mut latency = crate::new_hist();
-    let mut connect = crate::new_hist();
-    let mut workers_cpu = 0.0;
-    for f in &finals {
-        report.connected += f.connected;
-        report.failed += f.failed;
-        report.closed_early += f.closed;
-        report.deliveries += f.deliveries;
-        report.duplicates += f.duplicates;
-        report.out_of_order += f.out_of_order;
-        report.lost += f.lost;
-        workers_cpu += f.cpu_seconds;
-        latency.add(crate::decode_hist(&f.latency)?)?;
-        connect.add(crate::decode_hist(&f.connect)?)?;
-    }
-    report.latency_ms = Percentiles::ms(&latency);
-    report.connect_ms = Percentiles::ms(&connect);
+    let workers_cpu = absorb(&mut report, &finals)?;
     if report.connected > 0 && report.server_rss_connected > 0 {
         report.server_rss_per_connection = (report.server_rss_connected as f64
             - report.server_rss_before as f64)
@@ -510,6 +517,29 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     };
     meter.fill(&mut report, window_publishes);
     Ok(report)
+}
+
+/// Adds the workers' final reports to `report` (counts, latency and connect percentiles);
+/// returns the CPU the workers used.
+pub(crate) fn absorb(report: &mut Report, finals: &[WorkerReport]) -> anyhow::Result<f64> {
+    let mut latency = crate::new_hist();
+    let mut connect = crate::new_hist();
+    let mut workers_cpu = 0.0;
+    for f in finals {
+        report.connected += f.connected;
+        report.failed += f.failed;
+        report.closed_early += f.closed;
+        report.deliveries += f.deliveries;
+        report.duplicates += f.duplicates;
+        report.out_of_order += f.out_of_order;
+        report.lost += f.lost;
+        workers_cpu += f.cpu_seconds;
+        latency.add(crate::decode_hist(&f.latency)?)?;
+        connect.add(crate::decode_hist(&f.connect)?)?;
+    }
+    report.latency_ms = Percentiles::ms(&latency);
+    report.connect_ms = Percentiles::ms(&connect);
+    Ok(workers_cpu)
 }
 
 /// store-insert / store-lwt: rows straight into Cassandra, no Herald.
@@ -573,7 +603,7 @@ async fn run_store(
     Ok(report)
 }
 
-async fn with_progress<T>(
+pub(crate) async fn with_progress<T>(
     job: impl std::future::Future<Output = T>,
     sent: &AtomicU64,
     what: &str,

@@ -9,6 +9,7 @@
 mod coordinator;
 mod counters;
 mod cql;
+mod flash;
 pub mod floor;
 mod measure;
 mod parse;

@@ -74,6 +74,29 @@ pub struct Report {
     pub counters: Option<Counters>,
     /// store-insert / store-lwt: what the bench wrote to Cassandra itself.
     pub store: Option<StoreReport>,
+    /// flash-crowd: the crowd, and the first subscribers' latency before and during it.
+    pub flash: Option<FlashReport>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct FlashReport {
+    pub crowd: u64,
+    pub crowd_connected: u64,
+    pub crowd_failed: u64,
+    /// Seconds from the crowd's first connect until every crowd connection was open (or
+    /// had failed).
+    pub crowd_connect_s: f64,
+    /// The first subscribers' publish → deliver latency before the crowd.
+    pub before_ms: Percentiles,
+    /// The same while the crowd was connecting (its start until all were in).
+    pub joining_ms: Percentiles,
+    /// The same once the channel had settled with the crowd (1 s after it was in, for 3 s):
+    /// the channel's steady value at its new size.
+    pub settled_ms: Percentiles,
+    /// `joining_ms.p99 / settled_ms.p99`: what the join itself cost.
+    pub joining_vs_settled_p99: f64,
+    /// `joining_ms.p99 / before_ms.p99`.
+    pub joining_vs_before_p99: f64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -103,6 +126,13 @@ fn mib(b: u64) -> f64 {
 impl Report {
     pub fn print(&self) {
         println!("herald bench: {} against {}", self.scenario, self.target);
+        if let Some(f) = &self.flash {
+            println!(
+                "  flash crowd   {} joined ({} failed) in {:.2} s; first subscribers' p99 {:.1} ms before, {:.1} ms while it joined, {:.1} ms settled (joining {:.2}× settled, {:.2}× before)",
+                f.crowd_connected, f.crowd_failed, f.crowd_connect_s, f.before_ms.p99, f.joining_ms.p99,
+                f.settled_ms.p99, f.joining_vs_settled_p99, f.joining_vs_before_p99
+            );
+        }
         if self.connections > 0 {
             println!(
                 "  connections   {} requested, {} connected, {} failed, {} closed early; connect p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",

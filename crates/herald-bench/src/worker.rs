@@ -31,6 +31,10 @@ pub struct WorkerSpec {
     /// What orders a channel's deliveries.
     #[serde(default)]
     pub order: OrderBy,
+    /// The connections join channels that are already publishing (a flash crowd): each one's
+    /// first message sets where it started, and what came before is not counted as lost.
+    #[serde(default)]
+    pub joins_live: bool,
 }
 
 /// The counter a connection checks for order, loss and duplicates.
@@ -54,6 +58,9 @@ pub struct WorkerReport {
     pub duplicates: u64,
     pub out_of_order: u64,
     pub lost: u64,
+    /// Messages published before live-joining connections started (not expected by them).
+    #[serde(default)]
+    pub skipped: u64,
     pub cpu_seconds: f64,
     /// base64 of HdrHistogram V2 (µs)
     pub latency: String,
@@ -63,6 +70,8 @@ pub struct WorkerReport {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Command {
     Report,
+    /// Latency since the previous `Window` (or the start), then start a new window.
+    Window,
     /// Final report; `published[c]` messages went to channel c.
     Stop {
         published: Vec<u64>,
@@ -80,6 +89,8 @@ struct Shared {
     unique: Vec<AtomicU64>,
     /// Connections per channel.
     subscribers: Vec<AtomicU64>,
+    /// Per channel: messages published before live-joining connections started.
+    skipped: Vec<AtomicU64>,
     latency: Vec<parking_lot::Mutex<Hist>>,
     connect: parking_lot::Mutex<Hist>,
 }
@@ -96,6 +107,7 @@ pub async fn run(spec: WorkerSpec) -> anyhow::Result<()> {
         out_of_order: AtomicU64::new(0),
         unique: (0..spec.channels).map(|_| AtomicU64::new(0)).collect(),
         subscribers: (0..spec.channels).map(|_| AtomicU64::new(0)).collect(),
+        skipped: (0..spec.channels).map(|_| AtomicU64::new(0)).collect(),
         latency: (0..SHARDS)
             .map(|_| parking_lot::Mutex::new(crate::new_hist()))
             .collect(),
@@ -114,9 +126,15 @@ pub async fn run(spec: WorkerSpec) -> anyhow::Result<()> {
         let stop = matches!(cmd, Command::Stop { .. });
         let lost = match &cmd {
             Command::Stop { published } => lost(&shared, published),
-            Command::Report => 0,
+            Command::Report | Command::Window => 0,
         };
-        let report = snapshot(&shared, lost, stop)?;
+        let window = matches!(cmd, Command::Window);
+        let report = snapshot(&shared, lost, stop || window)?;
+        if window {
+            for h in &shared.latency {
+                h.lock().reset();
+            }
+        }
         let mut out = serde_json::to_vec(&report)?;
         out.push(b'\n');
         stdout.write_all(&out).await?;
@@ -136,7 +154,7 @@ fn lost(shared: &Shared, published: &[u64]) -> u64 {
         let Some(subs) = shared.subscribers.get(c) else {
             continue;
         };
-        let want = p * subs.load(Relaxed);
+        let want = (p * subs.load(Relaxed)).saturating_sub(shared.skipped[c].load(Relaxed));
         let got = shared.unique[c].load(Relaxed);
         lost += want.saturating_sub(got);
     }
@@ -164,6 +182,7 @@ fn snapshot(shared: &Shared, lost: u64, with_hist: bool) -> anyhow::Result<Worke
         duplicates: shared.duplicates.load(Relaxed),
         out_of_order: shared.out_of_order.load(Relaxed),
         lost,
+        skipped: shared.skipped.iter().map(|s| s.load(Relaxed)).sum(),
         cpu_seconds: crate::procstat::own_cpu_seconds(),
         latency,
         connect,
@@ -195,12 +214,21 @@ async fn connection(i: usize, spec: WorkerSpec, shared: Arc<Shared>, gate: Arc<S
     let mut started_at: Option<u64> = None;
     let shard = i % SHARDS;
     let order = spec.order;
+    let mut joining = spec.joins_live;
     let mut on_payload = |s: u64, t: u64, seq: Option<u64>| {
         shared.deliveries.fetch_add(1, Relaxed);
         let lat = now_us().saturating_sub(t).max(1);
         let _ = shared.latency[shard].lock().record(lat);
         let s = match order {
-            OrderBy::Payload => s,
+            OrderBy::Payload => {
+                if joining {
+                    // Joined a channel already publishing: it starts here.
+                    joining = false;
+                    last = s.saturating_sub(1);
+                    shared.skipped[channel].fetch_add(last, Relaxed);
+                }
+                s
+            }
             OrderBy::ServerSeq => {
                 let Some(seq) = seq else {
                     // Not a sequenced (reliable) delivery: order cannot be checked.
