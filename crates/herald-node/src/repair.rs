@@ -135,8 +135,12 @@ impl Repairs {
             // Too far behind to hold: step over the hole now (connections that would skip a
             // message resume from their cursors); the repair's answer is then ignored.
             Counters::bump(&node.counters.gap_skips);
-            let p = self.parked.remove(&msg.channel).expect("present");
-            for m in p.waiting.into_iter().chain(std::iter::once(msg)) {
+            let held = self
+                .parked
+                .remove(&msg.channel)
+                .map(|p| p.waiting)
+                .unwrap_or_default();
+            for m in held.into_iter().chain(std::iter::once(msg)) {
                 deliver_over_holes(node, &m, flush);
             }
             return;
