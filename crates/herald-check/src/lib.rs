@@ -1,4 +1,4 @@
-//! `herald check`: a fault-injecting checker of Herald's guarantees (DESIGN.md §2).
+//! `herald check`: a fault-injecting checker of Herald's guarantees (G1–G9 in docs/RELIABILITY.md).
 //!
 //! It starts its own deployment — one `herald serve` (`--target single`) or NATS, 2
 //! dispatchers and 3 nodes over a Cassandra/ScyllaDB (`--target cluster`) — and, while

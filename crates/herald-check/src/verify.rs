@@ -1,4 +1,4 @@
-//! The verifier: what the clients recorded against DESIGN.md §2.
+//! The verifier: what the clients recorded against the guarantees G1–G9 of docs/RELIABILITY.md.
 //!
 //! Two levels. [`SessionCheck`] follows one SSE connection event by event (so a long run
 //! keeps no event log): per channel, every reliable event must continue the position the
@@ -21,46 +21,47 @@ use std::sync::Arc;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
-    /// §2.1: an acknowledged publish is not in the store (or the store trimmed it while
+    /// G1: an acknowledged publish is not in the store (or the store trimmed it while
     /// within retention).
     LostPublish,
-    /// §2.1/§2.3: stored or delivered data differs from what was published or stored.
+    /// G1/G3: stored or delivered data differs from what was published or stored.
     DataMismatch,
-    /// §2.2: two publishes with different keys were acknowledged at one position.
+    /// G2: two publishes with different keys were acknowledged at one position.
     SeqConflict,
-    /// §2.1/§2.2: a publish was given a seq at or below one already acknowledged before it
+    /// G1/G2: a publish was given a seq at or below one already acknowledged before it
     /// was sent (a sequencer working from a stale head): subscribers past that seq never get
     /// it, and below the retention window it is not even readable.
     StaleSeq,
-    /// §2.6: one idempotency key was applied twice or answered two positions.
+    /// G6: one idempotency key was applied twice or answered two positions.
     DoubleApply,
-    /// §2.2: the stored log skips seqs within an epoch.
+    /// G2: the stored log skips seqs within an epoch.
     HistoryGap,
-    /// §2.2/§2.3: a subscriber's channel skipped seqs (also: the first event after a resume
+    /// G2/G3: a subscriber's channel skipped seqs (also: the first event after a resume
     /// or a reset is not the next position).
     Gap,
-    /// §2.3: a subscriber got a position it already had.
+    /// G3: a subscriber got a position it already had.
     Duplicate,
-    /// §2.2: a seq arrived after a later one.
+    /// G2: a seq arrived after a later one.
     OutOfOrder,
-    /// §2.4: a channel moved to another epoch without a `herald:reset`.
+    /// G4: a channel moved to another epoch without a `herald:reset`.
     SilentEpochChange,
-    /// §2.3: an `id:` does not name the positions the stream delivered (a reconnect with it
+    /// G3: an `id:` does not name the positions the stream delivered (a reconnect with it
     /// would skip or repeat messages), or does not decode.
     CursorMismatch,
-    /// §2.4: a `herald:reset` for a position within retention, or one moving backwards.
+    /// G4: a `herald:reset` for a position within retention, or one moving backwards.
     UnjustifiedReset,
-    /// §4: a reliable event or a reset without `id:`.
+    /// Wire contract (docs/API.md): a reliable event or a reset without `id:`.
     MissingId,
-    /// §2.5/§4: an ephemeral event carried an `id:`.
+    /// G5 and the wire contract (docs/API.md): an ephemeral event carried an `id:`.
     EphemeralWithId,
-    /// §4: an event that does not parse, or names a channel the stream did not ask for.
+    /// Wire contract (docs/API.md): an event that does not parse, or names a channel the
+    /// stream did not ask for.
     Malformed,
     /// A delivered message the store does not have.
     PhantomMessage,
-    /// §2.4 "never a stuck stream": a subscriber did not reach a channel's head in time.
+    /// G4 "never a stuck stream": a subscriber did not reach a channel's head in time.
     Stuck,
-    /// §2.8: a server process exceeded the memory bound.
+    /// G8: a server process exceeded the memory bound.
     Memory,
     /// A process could not be restarted, or valid requests were refused.
     Availability,

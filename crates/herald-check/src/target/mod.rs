@@ -76,7 +76,7 @@ pub struct FaultOutcome {
     pub kind: String,
     /// Which process (`server`, `d1`, `n0`, `nats`).
     pub victim: String,
-    /// Something notable that is not a §2 violation (a slow graceful shutdown).
+    /// Something notable that is not a violation of a guarantee (a slow graceful shutdown).
     pub note: Option<String>,
     pub violations: Vec<Violation>,
 }
