@@ -211,6 +211,25 @@ impl Worker {
     }
 }
 
+/// Starts worker processes for the connections `all.first .. all.first + all.count`, at most
+/// `per_worker` each.
+pub(crate) fn spawn_workers(all: &WorkerSpec, per_worker: usize) -> anyhow::Result<Vec<Worker>> {
+    let per = per_worker.max(1);
+    let end = all.first + all.count;
+    let mut out = Vec::new();
+    let mut first = all.first;
+    while first < end {
+        let count = per.min(end - first);
+        out.push(Worker::spawn(&WorkerSpec {
+            first,
+            count,
+            ..all.clone()
+        })?);
+        first += count;
+    }
+    Ok(out)
+}
+
 pub(crate) async fn ask_all(
     workers: &mut [Worker],
     cmd: &Command,
@@ -338,25 +357,18 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     );
 
     // Connections, held by worker processes.
-    let mut workers = Vec::new();
-    let per = args.per_worker.max(1);
-    let mut first = 0;
-    while first < r.connections {
-        let count = per.min(r.connections - first);
-        let spec = WorkerSpec {
-            target: target.clone(),
-            first,
-            count,
-            channels: r.channels,
-            source_ips: args.source_ips,
-            connect_concurrency: args.connect_concurrency,
-            resume_from: resume_from.clone(),
-            order,
-            joins_live: false,
-        };
-        workers.push(Worker::spawn(&spec)?);
-        first += count;
-    }
+    let all = WorkerSpec {
+        target: target.clone(),
+        first: 0,
+        count: r.connections,
+        channels: r.channels,
+        source_ips: args.source_ips,
+        connect_concurrency: args.connect_concurrency,
+        resume_from: resume_from.clone(),
+        order,
+        joins_live: false,
+    };
+    let mut workers = spawn_workers(&all, args.per_worker)?;
     let connect_deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let reps = ask_all(&mut workers, &Command::Report).await?;

@@ -3,7 +3,7 @@
 //! and the first subscribers barely notice (their p99 during the crowd against before it).
 
 use crate::coordinator::{
-    absorb, ask_all, progress, server_cpu, with_progress, Args, Resolved, Worker,
+    absorb, ask_all, progress, server_cpu, spawn_workers, with_progress, Args, Resolved, Worker,
 };
 use crate::measure::Meter;
 use crate::publisher;
@@ -36,27 +36,19 @@ pub(crate) async fn run(
     if let Some(pid) = args.server_pid {
         report.server_rss_before = crate::procstat::rss_bytes(pid)?;
     }
-    let spec = |first: usize, count: usize, joins_live: bool| WorkerSpec {
-        target: target.clone(),
-        first,
-        count,
-        channels: r.channels,
-        source_ips: args.source_ips,
-        connect_concurrency: args.connect_concurrency,
-        resume_from: Vec::new(),
-        order: OrderBy::Payload,
-        joins_live,
-    };
-    let per = args.per_worker.max(1);
-    let spawn = |first: usize, count: usize, joins_live: bool| -> anyhow::Result<Vec<Worker>> {
-        let mut out = Vec::new();
-        let mut at = first;
-        while at < first + count {
-            let n = per.min(first + count - at);
-            out.push(Worker::spawn(&spec(at, n, joins_live))?);
-            at += n;
-        }
-        Ok(out)
+    let spawn = |first: usize, count: usize, joins_live: bool| {
+        let all = WorkerSpec {
+            target: target.clone(),
+            first,
+            count,
+            channels: r.channels,
+            source_ips: args.source_ips,
+            connect_concurrency: args.connect_concurrency,
+            resume_from: Vec::new(),
+            order: OrderBy::Payload,
+            joins_live,
+        };
+        spawn_workers(&all, args.per_worker)
     };
     let mut base = spawn(0, r.connections, false)?;
     connected(

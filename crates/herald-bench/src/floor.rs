@@ -6,7 +6,7 @@
 //! /v1/publish/batch`, `GET /healthz`), so `herald bench --addr` aims at it unchanged.
 
 use anyhow::Context;
-use herald_proto::{PublishBatchRequest, PublishRequest, PublishResult};
+use herald_proto::{PublishBatchRequest, PublishBatchResponse, PublishRequest, PublishResult};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use std::collections::HashMap;
@@ -153,7 +153,9 @@ fn read_and_serve(
                         false,
                     );
                 };
-                let c = conns.get_mut(&t).expect("present");
+                let Some(c) = conns.get_mut(&t) else {
+                    return true;
+                };
                 c.output.extend_from_slice(
                     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nconnection: close\r\n\r\nretry: 1000\n\n",
                 );
@@ -165,39 +167,21 @@ fn read_and_serve(
                     .push(t);
                 return flush(c).is_err();
             }
-            ("POST", "/v1/publish") => {
-                let Ok(p) = serde_json::from_slice::<PublishRequest>(&req.body) else {
-                    return respond(
-                        conns,
-                        t,
+            ("POST", path @ ("/v1/publish" | "/v1/publish/batch")) => {
+                let (status, body) = match publish_body(
+                    &req.body,
+                    path.ends_with("/batch"),
+                    conns,
+                    channels,
+                    poll,
+                ) {
+                    Some(body) => (200, body),
+                    None => (
                         400,
-                        r#"{"error":{"code":"invalid_json","message":"bad body"}}"#,
-                        req.keep_alive,
-                    );
+                        r#"{"error":{"code":"invalid_json","message":"bad body"}}"#.to_owned(),
+                    ),
                 };
-                let r = publish(p, conns, channels, poll);
-                let body = serde_json::to_string(&r).unwrap_or_default();
-                if respond(conns, t, 200, &body, req.keep_alive) {
-                    return true;
-                }
-            }
-            ("POST", "/v1/publish/batch") => {
-                let Ok(b) = serde_json::from_slice::<PublishBatchRequest>(&req.body) else {
-                    return respond(
-                        conns,
-                        t,
-                        400,
-                        r#"{"error":{"code":"invalid_json","message":"bad body"}}"#,
-                        req.keep_alive,
-                    );
-                };
-                let results: Vec<PublishResult> = b
-                    .messages
-                    .into_iter()
-                    .map(|p| publish(p, conns, channels, poll))
-                    .collect();
-                let body = serde_json::json!({ "results": results }).to_string();
-                if respond(conns, t, 200, &body, req.keep_alive) {
+                if respond(conns, t, status, &body, req.keep_alive) {
                     return true;
                 }
             }
@@ -225,6 +209,29 @@ fn new_channel() -> Channel {
         epoch: now_ms().max(1),
         seq: 0,
         subs: Vec::new(),
+    }
+}
+
+/// Publishes a single (`batch` false) or batch request body; the response body, or `None`
+/// when the body does not parse.
+fn publish_body(
+    body: &[u8],
+    batch: bool,
+    conns: &mut HashMap<usize, Conn>,
+    channels: &mut HashMap<String, Channel>,
+    poll: &Poll,
+) -> Option<String> {
+    if batch {
+        let b: PublishBatchRequest = serde_json::from_slice(body).ok()?;
+        let results = b
+            .messages
+            .into_iter()
+            .map(|p| publish(p, conns, channels, poll))
+            .collect();
+        serde_json::to_string(&PublishBatchResponse { results }).ok()
+    } else {
+        let p: PublishRequest = serde_json::from_slice(body).ok()?;
+        serde_json::to_string(&publish(p, conns, channels, poll)).ok()
     }
 }
 

@@ -18,7 +18,7 @@ const STEP: Duration = Duration::from_millis(20);
 
 /// Why a stream is asked to reconnect.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReconnectReason {
+pub(crate) enum ReconnectReason {
     Drain,
     Lifetime,
 }

@@ -17,7 +17,6 @@ mod resync;
 mod stats;
 mod stream;
 
-pub use drain::ReconnectReason;
 pub use message::Message;
 pub use queue::{CloseReason, SlowPolicy, Transport};
 pub use stats::NodeStats;

@@ -153,6 +153,25 @@ impl Admission {
         }
     }
 
+    /// Whether a connection from `ip` may be served: the slot it holds while open (`None`
+    /// without a per-IP cap), or the refusal to answer it with.
+    pub fn admit_connection(&self, ip: IpAddr) -> Result<Option<IpSlot>, ApiError> {
+        let Some(slots) = &self.per_ip else {
+            return Ok(None);
+        };
+        match slots.enter(ip) {
+            Some(slot) => Ok(Some(slot)),
+            None => {
+                self.refused_per_ip.fetch_add(1, Relaxed);
+                Err(ApiError::new(
+                    429,
+                    "too_many_connections_from_ip",
+                    "this client address has as many connections open as this server allows",
+                ))
+            }
+        }
+    }
+
     /// Whether one more stream may open now.
     pub fn admit_stream(&self) -> Result<(), ApiError> {
         let Some(limiter) = &self.stream_opens else {

@@ -124,16 +124,12 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let slot = match &state.admission.per_ip {
-                        None => None,
-                        Some(slots) => match slots.enter(peer.ip()) {
-                            Some(slot) => Some(slot),
-                            None => {
-                                state.admission.refused_per_ip.fetch_add(1, Ordering::Relaxed);
-                                conns.spawn(lean::refuse(stream, too_many_from_ip()));
-                                continue;
-                            }
-                        },
+                    let slot = match state.admission.admit_connection(peer.ip()) {
+                        Ok(slot) => slot,
+                        Err(e) => {
+                            conns.spawn(lean::refuse(stream, e));
+                            continue;
+                        }
                     };
                     let st = state.clone();
                     let stop = stop_rx.clone();
@@ -184,14 +180,6 @@ pub async fn serve(
         dispatcher.shutdown(left.max(Duration::from_secs(1))).await;
     }
     tracing::info!("shutdown complete");
-}
-
-fn too_many_from_ip() -> ApiError {
-    ApiError::new(
-        429,
-        "too_many_connections_from_ip",
-        "this client address has as many connections open as this server allows",
-    )
 }
 
 /// One accepted connection. Its future lives as long as the connection, so it is kept

@@ -9,12 +9,26 @@ use std::process::Command;
 /// of one are not another's load.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// Runs `herald bench` against the Herald `server` (its keys, its pid) and returns the report.
 fn bench(server: &Server, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+    let pid = server.pid().to_string();
+    let mut all = vec![
+        "--api-key",
+        API_KEY,
+        "--jwt-secret",
+        SECRET,
+        "--server-pid",
+        &pid,
+    ];
+    all.extend_from_slice(args);
+    bench_at(server.port, &all)
+}
+
+/// Runs `herald bench` against whatever listens on `port` and returns its JSON report.
+fn bench_at(port: u16, args: &[&str]) -> anyhow::Result<serde_json::Value> {
     let out = Command::new(env!("CARGO_BIN_EXE_herald"))
         .arg("bench")
-        .args(["--addr", &format!("127.0.0.1:{}", server.port)])
-        .args(["--api-key", API_KEY, "--jwt-secret", SECRET])
-        .args(["--server-pid", &server.pid().to_string()])
+        .args(["--addr", &format!("127.0.0.1:{port}")])
         .args(args)
         .output()?;
     let stdout = String::from_utf8(out.stdout)?;
@@ -174,18 +188,7 @@ const FANOUT10: [&str; 8] = [
 async fn bench_smoke_fanout_against_the_floor() -> anyhow::Result<()> {
     let _one = ONE_AT_A_TIME.lock().await;
     let floor = Floor::start()?;
-    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .arg("bench")
-        .args(["--addr", &format!("127.0.0.1:{}", floor.port)])
-        .args(FANOUT10)
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "bench against the floor failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout)?;
-    let f: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())?;
+    let f = bench_at(floor.port, &FANOUT10)?;
     let dir = tempfile::tempdir()?;
     let server = Server::start(dir.path(), &Opts::default())?;
     let h = bench(&server, &FANOUT10)?;

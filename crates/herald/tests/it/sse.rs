@@ -353,6 +353,20 @@ async fn connection_limit_answers_503() -> anyhow::Result<()> {
         .expect_err("third stream refused");
     assert_eq!(err.status(), Some(503));
     assert_eq!(err.code(), Some("too_many_connections"));
+    let refused = reqwest::get(server.url(&format!(
+        "/v1/sse?channel=live:1&token={}",
+        token("u1", &["live:*"])
+    )))
+    .await?;
+    assert_eq!(refused.status().as_u16(), 503);
+    assert!(
+        refused.headers().get("retry-after").is_some(),
+        "Retry-After on 503"
+    );
+    // The API still answers while streams are refused.
+    server.publisher().publish(&msg("live:1", 1)).await?;
+    let health = reqwest::get(server.url("/healthz")).await?.status();
+    assert_eq!(health.as_u16(), 200);
     Ok(())
 }
 
