@@ -22,6 +22,8 @@ ROLES = [("dispatcher", "disp."), ("node", "nodes"), ("nats", "nats"), ("cassand
 STORE = ("store-insert", "store-lwt", "store-insert-paced")
 # Herald scenarios compared with store-insert-paced (the one whose rate it is paced to).
 SAME_RATE = ("ingest-single",)
+# A node fails in these (its pid is gone by design).
+FAILOVER = ("node-death", "drain")
 
 
 def get(d, path):
@@ -71,8 +73,12 @@ def problems(row):
         out.append(f"writers behind: {achieved:,.0f} of {target:,.0f} rows/s")
     if get(rep, "store.not_applied"):
         out.append(f"not applied {rep['store']['not_applied']:,}")
+    f = rep.get("failover") or {}
+    for key, label in [("gave_up", "clients gave up"), ("still_catching_up", "still behind")]:
+        if f.get(key):
+            out.append(f"{label} {f[key]:,}")
     for role, r in (rep.get("roles") or {}).items():
-        if r.get("gone"):
+        if r.get("gone") and not (row.get("name") in FAILOVER and role == "node"):
             out.append(f"{role} pids gone {r['gone']}")
     errs = get(rep, "counters.errors") or []
     if errs:
@@ -97,6 +103,15 @@ def rate_cell(name, rep):
         if s > 0:
             return f"caught up {s:.2f} s ({d / s:,.0f} deliv./s)"
         return "not caught up"
+    if name in FAILOVER:
+        f = rep.get("failover") or {}
+        cell = (
+            f"{f.get('victim_clients', 0):,} clients of the victim: all back {num(f.get('all_reconnected_s'), '{:.2f}')} s, "
+            f"caught up {num(f.get('all_caught_up_s'), '{:.2f}')} s after it; peak {num(f.get('peak_connects_per_s'))} connects/s"
+        )
+        if f.get("even_connects_per_s"):
+            cell += f" ({f.get('peak_vs_even', 0):.2f}× the even {f['even_connects_per_s']:,.0f}/s)"
+        return cell
     if name in ("ingest-single", "ingest-batch", "hot"):
         return f"{num(rep.get('publish_rate'))} msgs/s"
     return f"{num(rep.get('publish_rate'))} msgs/s (target {num(rep.get('rate_target'))})"

@@ -37,6 +37,14 @@ pub enum Scenario {
     /// `--crowd-at` seconds `--crowd` more join it as fast as they can. Reports how long the
     /// crowd took to connect and the first subscribers' p99 before and during it.
     FlashCrowd,
+    /// Clients spread over a cluster's nodes (`--node-addr`) follow `--channels` publishing
+    /// `--rate` msgs/s; after `--fail-at` seconds node `--victim` is killed (`kill -9`). Its
+    /// clients reconnect to the other nodes after a jittered backoff and resume from their
+    /// last event ID: reports how long until all were back and caught up, gap-free.
+    NodeDeath,
+    /// The same, but the victim is drained (SIGTERM): it tells its clients in band to
+    /// reconnect elsewhere, spread over its drain window (`--drain-window`).
+    Drain,
     /// The store alone: the bench inserts message rows into Cassandra (`--cql`) itself.
     StoreInsert,
     /// The same, each insert conditional (`IF NOT EXISTS`: one Paxos round).
@@ -136,6 +144,26 @@ pub struct Args {
     /// Flash crowd: seconds of steady publishing before the crowd joins.
     #[arg(long, default_value_t = 4.0)]
     pub crowd_at: f64,
+    /// Node death / drain: the index in --node-addr of the node that fails.
+    #[arg(long, default_value_t = 0)]
+    pub victim: usize,
+    /// Node death / drain: the victim's pid (default: found in --cluster-dir by its
+    /// --listen address).
+    #[arg(long)]
+    pub victim_pid: Option<u32>,
+    /// Node death / drain: seconds of publishing before the victim fails.
+    #[arg(long, default_value_t = 5.0)]
+    pub fail_at: f64,
+    /// Reconnecting clients (node death): the first attempt waits a random 0..=this many
+    /// ms; each failed attempt doubles the ceiling.
+    #[arg(long, default_value_t = 1000)]
+    pub backoff_ms: u64,
+    #[arg(long, default_value_t = 8000)]
+    pub max_backoff_ms: u64,
+    /// Drain: the victim's drain window (its HERALD_DRAIN_SECS; nodes default to 10), the
+    /// even connect rate at the other nodes is its clients ÷ this.
+    #[arg(long, default_value_t = 10.0)]
+    pub drain_window: f64,
 }
 
 pub(crate) struct Resolved {
@@ -156,6 +184,7 @@ fn resolve(a: &Args) -> Resolved {
         Scenario::Resume => (10_000, 100, 0.0, 0.0, 4, 1000),
         Scenario::Hot => (30, 1, 0.0, 10.0, 32, 1),
         Scenario::FlashCrowd => (1_000, 1, 50.0, 12.0, 1, 1),
+        Scenario::NodeDeath | Scenario::Drain => (3_000, 100, 200.0, 25.0, 4, 1),
         Scenario::StoreInsert | Scenario::StoreLwt => (0, 100, 0.0, 10.0, 32, 1),
         Scenario::Custom => (100, 10, 100.0, 5.0, 4, 1),
     };
@@ -241,6 +270,30 @@ pub(crate) async fn ask_all(
     Ok(out)
 }
 
+/// Waits until `want` connections are open or failed; returns (open, failed).
+pub(crate) async fn connected(
+    workers: &mut [Worker],
+    want: usize,
+    limit: Duration,
+    who: &str,
+) -> anyhow::Result<(u64, u64)> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let reps = ask_all(workers, &Command::Report).await?;
+        let (ok, failed) = reps
+            .iter()
+            .fold((0, 0), |a, w| (a.0 + w.connected, a.1 + w.failed));
+        progress(&format!("{who}: connecting {ok}/{want} ({failed} failed)"));
+        if ok + failed >= want as u64 {
+            return Ok((ok, failed));
+        }
+        if Instant::now() > deadline {
+            bail!("{who}: not connected within {limit:?} ({ok} ok, {failed} failed)");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub(crate) fn progress(text: &str) {
     let mut e = std::io::stderr().lock();
     let _ = write!(e, "\r[bench] {text:<100}");
@@ -310,6 +363,9 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     if args.scenario == Scenario::FlashCrowd {
         return crate::flash::run(&args, &r, &target, meter, report).await;
     }
+    if matches!(args.scenario, Scenario::NodeDeath | Scenario::Drain) {
+        return crate::failover::run(&args, &r, &target, meter, report).await;
+    }
     let bench_cpu0 = crate::procstat::own_cpu_seconds();
     if let Some(pid) = args.server_pid {
         report.server_rss_before = crate::procstat::rss_bytes(pid)?;
@@ -367,6 +423,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         resume_from: resume_from.clone(),
         order,
         joins_live: false,
+        reconnect: None,
     };
     let mut workers = spawn_workers(&all, args.per_worker)?;
     let connect_deadline = Instant::now() + Duration::from_secs(180);

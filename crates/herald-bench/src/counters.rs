@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Herald metrics the bench reads: (report key, metric name, `kind` label).
-const HERALD: [(&str, &str, Option<&str>); 11] = [
+const HERALD: [(&str, &str, Option<&str>); 15] = [
     (
         "cql_write_requests",
         "herald_cql_requests_total",
@@ -50,6 +50,14 @@ const HERALD: [(&str, &str, Option<&str>); 11] = [
     ),
     ("gap_disconnects", "herald_gap_disconnects_total", None),
     ("gap_repairs", "herald_gap_repairs_total", None),
+    ("replays_ring", "herald_replays_ring_total", None),
+    ("replays_store", "herald_replays_store_total", None),
+    (
+        "shared_store_reads",
+        "herald_shared_store_reads_total",
+        None,
+    ),
+    ("drain_reconnects", "herald_drain_reconnects_total", None),
 ];
 
 const NATS: [&str; 4] = ["in_msgs", "out_msgs", "in_bytes", "out_bytes"];
@@ -117,6 +125,13 @@ pub struct HeraldCounters {
     pub stalled_disconnects: Option<f64>,
     pub gap_disconnects: Option<f64>,
     pub gap_repairs: Option<f64>,
+    /// Resumes answered from the nodes' recent-message rings, and from the store.
+    pub replays_ring: Option<f64>,
+    pub replays_store: Option<f64>,
+    /// Store reads answered by an identical read already in flight (coalesced resumes).
+    pub shared_store_reads: Option<f64>,
+    /// Streams a drain asked to reconnect elsewhere.
+    pub drain_reconnects: Option<f64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -389,6 +404,10 @@ pub fn delta(a: &Snapshot, b: &Snapshot, messages: u64) -> Counters {
     h.stalled_disconnects = sums.get("stalled_disconnects").copied();
     h.gap_disconnects = sums.get("gap_disconnects").copied();
     h.gap_repairs = sums.get("gap_repairs").copied();
+    h.replays_ring = sums.get("replays_ring").copied();
+    h.replays_store = sums.get("replays_store").copied();
+    h.shared_store_reads = sums.get("shared_store_reads").copied();
+    h.drain_reconnects = sums.get("drain_reconnects").copied();
 
     if let (Some(x), Some(y)) = (&a.nats, &b.nats) {
         let d = |k: &str| {

@@ -3,14 +3,14 @@
 //! and the first subscribers barely notice (their p99 during the crowd against before it).
 
 use crate::coordinator::{
-    absorb, ask_all, progress, server_cpu, spawn_workers, with_progress, Args, Resolved, Worker,
+    absorb, ask_all, connected, progress, server_cpu, spawn_workers, with_progress, Args, Resolved,
+    Worker,
 };
 use crate::measure::Meter;
 use crate::publisher;
 use crate::report::{FlashReport, Percentiles, Report};
 use crate::target::Target;
 use crate::worker::{Command, OrderBy, WorkerReport, WorkerSpec};
-use anyhow::bail;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,6 +47,7 @@ pub(crate) async fn run(
             resume_from: Vec::new(),
             order: OrderBy::Payload,
             joins_live,
+            reconnect: None,
         };
         spawn_workers(&all, args.per_worker)
     };
@@ -171,28 +172,4 @@ async fn window(workers: &mut [Worker]) -> anyhow::Result<crate::Hist> {
         all.add(crate::decode_hist(&w.latency)?)?;
     }
     Ok(all)
-}
-
-/// Waits until `want` connections are open or failed; returns (open, failed).
-async fn connected(
-    workers: &mut [Worker],
-    want: usize,
-    limit: Duration,
-    who: &str,
-) -> anyhow::Result<(u64, u64)> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let reps = ask_all(workers, &Command::Report).await?;
-        let (ok, failed) = reps
-            .iter()
-            .fold((0, 0), |a, w| (a.0 + w.connected, a.1 + w.failed));
-        progress(&format!("{who}: connecting {ok}/{want} ({failed} failed)"));
-        if ok + failed >= want as u64 {
-            return Ok((ok, failed));
-        }
-        if Instant::now() > deadline {
-            bail!("{who}: not connected within {limit:?} ({ok} ok, {failed} failed)");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }

@@ -9,6 +9,7 @@
 mod coordinator;
 mod counters;
 mod cql;
+mod failover;
 mod flash;
 pub mod floor;
 mod measure;

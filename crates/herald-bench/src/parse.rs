@@ -88,28 +88,44 @@ impl Chunked {
     }
 }
 
-/// Splits an SSE body into lines and reports each bench payload `{"s":S,"t":T…}` found in
-/// a `data:` line, with the server's `"seq"` of the envelope around it when there is one.
+/// What the bench reads from an SSE body.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line<'a> {
+    /// A bench payload `{"s":S,"t":T…}` in a `data:` line, with the server's `"seq"` of the
+    /// envelope around it when there is one.
+    Payload { s: u64, t: u64, seq: Option<u64> },
+    /// An event with an `id:` was dispatched: the cursor to resume after.
+    Id(&'a [u8]),
+    /// Herald's `herald:reconnect` event: reconnect (elsewhere) after this many ms.
+    Reconnect { after_ms: u64 },
+}
+
+/// Splits an SSE body into lines and reports what [`Line`] names (no allocation per event).
 #[derive(Default)]
 pub struct DataLines {
     line: Vec<u8>,
     /// Bytes of an over-long line being skipped.
     skipping: bool,
+    /// The `id:` of the event being read, reported when the event is dispatched (a stream cut
+    /// between the `id:` and the end of its event must not skip that event on resume).
+    pending_id: Vec<u8>,
+    /// The event being read is `herald:reconnect`.
+    reconnect: bool,
 }
 
 const MAX_LINE: usize = 1 << 20;
 
 impl DataLines {
-    pub fn feed(&mut self, mut input: &[u8], on_payload: &mut impl FnMut(u64, u64, Option<u64>)) {
+    pub fn feed(&mut self, mut input: &[u8], out: &mut impl FnMut(Line<'_>)) {
         while !input.is_empty() {
             match memchr::memchr(b'\n', input) {
                 Some(i) => {
                     if self.line.is_empty() && !self.skipping {
-                        handle_line(&input[..i], on_payload);
+                        self.handle_line(&input[..i], out);
                     } else if !self.skipping {
                         self.line.extend_from_slice(&input[..i]);
                         let line = std::mem::take(&mut self.line);
-                        handle_line(&line, on_payload);
+                        self.handle_line(&line, out);
                         self.line = line;
                         self.line.clear();
                     }
@@ -133,14 +149,36 @@ impl DataLines {
             self.line = Vec::new();
         }
     }
-}
 
-fn handle_line(line: &[u8], on_payload: &mut impl FnMut(u64, u64, Option<u64>)) {
-    let Some(rest) = line.strip_prefix(b"data:") else {
-        return;
-    };
-    if let Some((s, t)) = payload(rest) {
-        on_payload(s, t, envelope_seq(rest));
+    fn handle_line(&mut self, line: &[u8], out: &mut impl FnMut(Line<'_>)) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            if !self.pending_id.is_empty() {
+                out(Line::Id(&self.pending_id));
+                self.pending_id.clear();
+            }
+            self.reconnect = false;
+        } else if let Some(rest) = line.strip_prefix(b"data:") {
+            if self.reconnect {
+                if let Some(at) = memchr::memmem::find(rest, br#""after_ms":"#) {
+                    if let Some((after_ms, _)) = number(&rest[at + 11..]) {
+                        out(Line::Reconnect { after_ms });
+                    }
+                }
+            } else if let Some((s, t)) = payload(rest) {
+                out(Line::Payload {
+                    s,
+                    t,
+                    seq: envelope_seq(rest),
+                });
+            }
+        } else if let Some(rest) = line.strip_prefix(b"id:") {
+            let id = rest.strip_prefix(b" ").unwrap_or(rest);
+            self.pending_id.clear();
+            self.pending_id.extend_from_slice(id);
+        } else if let Some(rest) = line.strip_prefix(b"event:") {
+            self.reconnect = rest.strip_prefix(b" ").unwrap_or(rest) == b"herald:reconnect";
+        }
     }
 }
 
@@ -212,9 +250,38 @@ mod tests {
         for split in 0..body.len() {
             let mut d = DataLines::default();
             let mut got = Vec::new();
-            d.feed(&body[..split], &mut |s, t, _| got.push((s, t)));
-            d.feed(&body[split..], &mut |s, t, _| got.push((s, t)));
+            let mut push = |l: Line<'_>| {
+                if let Line::Payload { s, t, .. } = l {
+                    got.push((s, t))
+                }
+            };
+            d.feed(&body[..split], &mut push);
+            d.feed(&body[split..], &mut push);
             assert_eq!(got, vec![(1, 10), (2, 20)], "split at {split}");
+        }
+    }
+
+    #[test]
+    fn ids_at_dispatch_and_reconnect_events() {
+        let body = b"id: c7\ndata: {\"s\":1,\"t\":10}\n\nretry: 300\n\nevent: herald:reconnect\r\ndata: {\"after_ms\":250,\"reason\":\"drain\"}\n\nid: c8\ndata: {\"s\":2";
+        for split in 0..body.len() {
+            let mut d = DataLines::default();
+            let mut got = Vec::new();
+            let mut push = |l: Line<'_>| {
+                got.push(match l {
+                    Line::Payload { s, .. } => format!("s{s}"),
+                    Line::Id(id) => format!("id {}", String::from_utf8_lossy(id)),
+                    Line::Reconnect { after_ms } => format!("reconnect {after_ms}"),
+                })
+            };
+            d.feed(&body[..split], &mut push);
+            d.feed(&body[split..], &mut push);
+            // c8's event never ended: its id is not the cursor yet.
+            assert_eq!(
+                got,
+                vec!["s1", "id c7", "reconnect 250"],
+                "split at {split}"
+            );
         }
     }
 }

@@ -76,6 +76,45 @@ pub struct Report {
     pub store: Option<StoreReport>,
     /// flash-crowd: the crowd, and the first subscribers' latency before and during it.
     pub flash: Option<FlashReport>,
+    /// node-death / drain: the victim's clients moving to the other nodes.
+    pub failover: Option<FailoverReport>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct FailoverReport {
+    /// What happened to the victim: `kill -9` or `drain (SIGTERM)`.
+    pub event: String,
+    pub victim: String,
+    /// Clients connected to the victim when it failed.
+    pub victim_clients: u64,
+    /// Streams opened again (at the other nodes).
+    pub reconnects: u64,
+    /// Attempts that got no stream (the dead node refusing, errors, timeouts).
+    pub reconnect_failures: u64,
+    /// Clients that stopped trying.
+    pub gave_up: u64,
+    /// `herald:reconnect` events the clients received (drain).
+    pub told_to_reconnect: u64,
+    /// Clients whose stream ended and had not caught up when the run ended.
+    pub still_catching_up: u64,
+    /// Seconds from the failure until the last client was connected again.
+    pub all_reconnected_s: f64,
+    /// Seconds from the failure until the last client had received every message published
+    /// before it reconnected (0 when some never did).
+    pub all_caught_up_s: f64,
+    /// Per client: from its stream's end until it had caught up.
+    pub recovery_ms: Percentiles,
+    /// Reconnects that landed on each node (index of --node-addr).
+    pub reconnects_per_node: Vec<u64>,
+    /// The most reconnects in any one second, over all the other nodes.
+    pub peak_connects_per_s: u64,
+    /// Reconnects ÷ the time from the first to the last.
+    pub mean_connects_per_s: f64,
+    /// Drain: the window the victim spreads its clients over, and their number ÷ it.
+    pub drain_window_s: f64,
+    pub even_connects_per_s: f64,
+    /// Drain: `peak_connects_per_s ÷ even_connects_per_s`.
+    pub peak_vs_even: f64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -126,6 +165,28 @@ fn mib(b: u64) -> f64 {
 impl Report {
     pub fn print(&self) {
         println!("herald bench: {} against {}", self.scenario, self.target);
+        if let Some(f) = &self.failover {
+            println!(
+                "  failover      {} of {}: {} clients; {} reconnected ({} failed attempts, {} gave up, {} told in band) — all back {:.2} s, all caught up {:.2} s after it ({} still behind); per client p50/p99/max {:.0}/{:.0}/{:.0} ms",
+                f.event, f.victim, f.victim_clients, f.reconnects, f.reconnect_failures, f.gave_up,
+                f.told_to_reconnect, f.all_reconnected_s, f.all_caught_up_s, f.still_catching_up,
+                f.recovery_ms.p50, f.recovery_ms.p99, f.recovery_ms.max
+            );
+            println!(
+                "  connect rate  peak {}/s, mean {:.0}/s at the other nodes (per node {:?}){}",
+                f.peak_connects_per_s,
+                f.mean_connects_per_s,
+                f.reconnects_per_node,
+                if f.drain_window_s > 0.0 {
+                    format!(
+                        "; even over the {:.0} s drain: {:.0}/s (peak {:.2}× even)",
+                        f.drain_window_s, f.even_connects_per_s, f.peak_vs_even
+                    )
+                } else {
+                    String::new()
+                }
+            );
+        }
         if let Some(f) = &self.flash {
             println!(
                 "  flash crowd   {} joined ({} failed) in {:.2} s; first subscribers' p99 {:.1} ms before, {:.1} ms while it joined, {:.1} ms settled (joining {:.2}× settled, {:.2}× before)",
@@ -255,6 +316,15 @@ impl Report {
             opt(pm.herald_write_statements, 3),
             opt(pm.herald_read_requests, 3)
         );
+        if h.replays_ring.is_some() || h.replays_store.is_some() {
+            println!(
+                "                resumes from the ring {}, from the store {} ({} store reads shared with one in flight); drain reconnects {}",
+                opt(h.replays_ring, 0),
+                opt(h.replays_store, 0),
+                opt(h.shared_store_reads, 0),
+                opt(h.drain_reconnects, 0)
+            );
+        }
         if let Some(n) = &c.nats {
             println!(
                 "    nats        in {} msgs / {} B, out {} msgs / {} B; per message in {} out {}",

@@ -112,6 +112,30 @@ pub fn from_cluster_dir(dir: &Path) -> anyhow::Result<Vec<Role>> {
     Ok(roles)
 }
 
+/// The node of the cluster in `dir` whose command line says `--listen addr`.
+pub fn pid_listening_at(dir: &Path, addr: std::net::SocketAddr) -> anyhow::Result<u32> {
+    let nodes = from_cluster_dir(dir)?
+        .into_iter()
+        .filter(|r| r.name == "node")
+        .flat_map(|r| r.pids);
+    for pid in nodes {
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let listens = args
+            .windows(2)
+            .any(|w| w[0] == b"--listen" && w[1] == addr.to_string().as_bytes());
+        if listens {
+            return Ok(pid);
+        }
+    }
+    bail!(
+        "no running node in {} listens at {addr} (give --victim-pid)",
+        dir.display()
+    )
+}
+
 /// The roles of `--cluster-dir` and `--role` (a `--role` replaces a role of the same name).
 /// Every pid must be a running process now.
 pub fn resolve(cluster_dir: Option<&Path>, specs: &[String]) -> anyhow::Result<Vec<Role>> {

@@ -48,13 +48,22 @@ impl Target {
         t
     }
 
-    /// Where connection `i` subscribes: node `i % n` (round-robin), or `addr`.
+    /// Where connection `i` subscribes first: node `i % n` (round-robin), or `addr`.
     pub fn node_addr(&self, i: usize) -> SocketAddr {
-        if self.node_addrs.is_empty() {
-            self.addr
-        } else {
-            self.node_addrs[i % self.node_addrs.len()]
-        }
+        self.node_at(i % self.node_count())
+    }
+
+    /// How many places there are to subscribe at (1 for a single server).
+    pub fn node_count(&self) -> usize {
+        self.node_addrs.len().max(1)
+    }
+
+    /// The address of node `k` (`k < node_count()`).
+    pub fn node_at(&self, k: usize) -> SocketAddr {
+        self.node_addrs
+            .get(k % self.node_count())
+            .copied()
+            .unwrap_or(self.addr)
     }
 
     /// One line naming where publishes and subscriptions go.

@@ -1,7 +1,7 @@
 //! A bench worker process: holds its share of the SSE connections, checks every delivery's
 //! order, records latency, and answers the coordinator's commands on stdin/stdout.
 
-use crate::parse::{Chunked, DataLines};
+use crate::parse::{Chunked, DataLines, Line};
 use crate::target::{now_us, Target};
 use crate::Hist;
 use anyhow::Context;
@@ -35,6 +35,20 @@ pub struct WorkerSpec {
     /// first message sets where it started, and what came before is not counted as lost.
     #[serde(default)]
     pub joins_live: bool,
+    /// Reconnect when a stream ends (its node died, or asked it to go): to another node,
+    /// resuming after the last `id:` received. None: an ended stream stays closed.
+    #[serde(default)]
+    pub reconnect: Option<Reconnect>,
+}
+
+/// How a client reconnects after its stream ended without being told when.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct Reconnect {
+    /// The first attempt waits a uniform random [0, backoff_ms] ms (full jitter, so the
+    /// clients of a dead node do not all come back at once) …
+    pub backoff_ms: u64,
+    /// … and each failed attempt doubles that ceiling, up to this.
+    pub max_backoff_ms: u64,
 }
 
 /// The counter a connection checks for order, loss and duplicates.
@@ -65,6 +79,33 @@ pub struct WorkerReport {
     /// base64 of HdrHistogram V2 (µs)
     pub latency: String,
     pub connect: String,
+    #[serde(default)]
+    pub failover: FailoverCounts,
+}
+
+/// What the reconnecting clients saw (all zero unless the spec says to reconnect).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct FailoverCounts {
+    /// Streams opened again after theirs ended.
+    pub reconnects: u64,
+    /// Attempts that did not get a stream (refused, timed out, an error status).
+    pub reconnect_failures: u64,
+    /// Connections that stopped trying (too many failed attempts).
+    pub gave_up: u64,
+    /// `herald:reconnect` events received.
+    pub told_to_reconnect: u64,
+    /// Streams that ended and have not caught up yet.
+    pub recovering: u64,
+    /// When the last stream to catch up did (µs since the Unix epoch; 0: none yet).
+    pub last_recovered_us: u64,
+    /// Per node index: reconnects that landed there.
+    pub reconnects_to: Vec<u64>,
+    /// base64 HdrHistogram (µs): from a stream's end until it had caught up.
+    #[serde(default)]
+    pub recovery: String,
+    /// When each reconnect succeeded (ms since the Unix epoch; final and window reports).
+    #[serde(default)]
+    pub reconnected_at_ms: Vec<u64>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -93,6 +134,15 @@ struct Shared {
     skipped: Vec<AtomicU64>,
     latency: Vec<parking_lot::Mutex<Hist>>,
     connect: parking_lot::Mutex<Hist>,
+    reconnects: AtomicU64,
+    reconnect_failures: AtomicU64,
+    gave_up: AtomicU64,
+    told_to_reconnect: AtomicU64,
+    recovering: AtomicU64,
+    last_recovered_us: AtomicU64,
+    reconnects_to: Vec<AtomicU64>,
+    recovery: parking_lot::Mutex<Hist>,
+    reconnected_at_ms: parking_lot::Mutex<Vec<u64>>,
 }
 
 const SHARDS: usize = 16;
@@ -112,6 +162,17 @@ pub async fn run(spec: WorkerSpec) -> anyhow::Result<()> {
             .map(|_| parking_lot::Mutex::new(crate::new_hist()))
             .collect(),
         connect: parking_lot::Mutex::new(crate::new_hist()),
+        reconnects: AtomicU64::new(0),
+        reconnect_failures: AtomicU64::new(0),
+        gave_up: AtomicU64::new(0),
+        told_to_reconnect: AtomicU64::new(0),
+        recovering: AtomicU64::new(0),
+        last_recovered_us: AtomicU64::new(0),
+        reconnects_to: (0..spec.target.node_count())
+            .map(|_| AtomicU64::new(0))
+            .collect(),
+        recovery: parking_lot::Mutex::new(crate::new_hist()),
+        reconnected_at_ms: parking_lot::Mutex::new(Vec::new()),
     });
     let gate = Arc::new(Semaphore::new(spec.connect_concurrency.max(1)));
     let mut conns = JoinSet::new();
@@ -162,7 +223,7 @@ fn lost(shared: &Shared, published: &[u64]) -> u64 {
 }
 
 fn snapshot(shared: &Shared, lost: u64, with_hist: bool) -> anyhow::Result<WorkerReport> {
-    let (latency, connect) = if with_hist {
+    let (latency, connect, recovery, reconnected_at_ms) = if with_hist {
         let mut all = crate::new_hist();
         for h in &shared.latency {
             all.add(&*h.lock())?;
@@ -170,9 +231,11 @@ fn snapshot(shared: &Shared, lost: u64, with_hist: bool) -> anyhow::Result<Worke
         (
             crate::encode_hist(&all)?,
             crate::encode_hist(&shared.connect.lock())?,
+            crate::encode_hist(&shared.recovery.lock())?,
+            shared.reconnected_at_ms.lock().clone(),
         )
     } else {
-        (String::new(), String::new())
+        Default::default()
     };
     Ok(WorkerReport {
         connected: shared.connected.load(Relaxed),
@@ -186,21 +249,39 @@ fn snapshot(shared: &Shared, lost: u64, with_hist: bool) -> anyhow::Result<Worke
         cpu_seconds: crate::procstat::own_cpu_seconds(),
         latency,
         connect,
+        failover: FailoverCounts {
+            reconnects: shared.reconnects.load(Relaxed),
+            reconnect_failures: shared.reconnect_failures.load(Relaxed),
+            gave_up: shared.gave_up.load(Relaxed),
+            told_to_reconnect: shared.told_to_reconnect.load(Relaxed),
+            recovering: shared.recovering.load(Relaxed),
+            last_recovered_us: shared.last_recovered_us.load(Relaxed),
+            reconnects_to: shared
+                .reconnects_to
+                .iter()
+                .map(|c| c.load(Relaxed))
+                .collect(),
+            recovery,
+            reconnected_at_ms,
+        },
     })
 }
 
 async fn connection(i: usize, spec: WorkerSpec, shared: Arc<Shared>, gate: Arc<Semaphore>) {
     let channel = i % spec.channels.max(1);
+    let mut node = i % spec.target.node_count();
     let permit = gate.acquire().await;
     let started = Instant::now();
-    let opened = tokio::time::timeout(Duration::from_secs(30), open(i, &spec, channel)).await;
+    let resume = spec.resume_from.get(channel).cloned();
+    let opened = tokio::time::timeout(
+        Duration::from_secs(30),
+        open(i, &spec, node, channel, resume.as_deref()),
+    )
+    .await;
     drop(permit);
-    let (mut stream, rest, chunked) = match opened {
-        Ok(Ok(s)) => s,
-        _ => {
-            shared.failed.fetch_add(1, Relaxed);
-            return;
-        }
+    let Ok(Ok(mut stream)) = opened else {
+        shared.failed.fetch_add(1, Relaxed);
+        return;
     };
     let _ = shared
         .connect
@@ -208,24 +289,168 @@ async fn connection(i: usize, spec: WorkerSpec, shared: Arc<Shared>, gate: Arc<S
         .record(started.elapsed().as_micros().max(1) as u64);
     shared.subscribers[channel].fetch_add(1, Relaxed);
     shared.connected.fetch_add(1, Relaxed);
-    let mut decoder = Chunked::default();
-    let mut lines = DataLines::default();
-    let mut last = 0u64;
-    let mut started_at: Option<u64> = None;
-    let shard = i % SHARDS;
-    let order = spec.order;
-    let mut joining = spec.joins_live;
-    let mut on_payload = |s: u64, t: u64, seq: Option<u64>| {
+    let mut rx = Receiver {
+        shared: &shared,
+        channel,
+        shard: i % SHARDS,
+        order: spec.order,
+        joining: spec.joins_live,
+        last: 0,
+        started_at: None,
+        cursor: resume.unwrap_or_default(),
+        recovery: None,
+        told: None,
+    };
+    loop {
+        rx.read(&mut stream).await;
+        shared.closed.fetch_add(1, Relaxed);
+        let Some(policy) = spec.reconnect else {
+            return;
+        };
+        rx.dropped();
+        let Some((s, to)) = reconnect(i, &spec, policy, node, &rx).await else {
+            shared.gave_up.fetch_add(1, Relaxed);
+            return;
+        };
+        stream = s;
+        node = to;
+        rx.reconnected();
+    }
+}
+
+/// Opens the stream again at another node, resuming after the receiver's cursor: after the
+/// delay the server asked for, or a jittered backoff that doubles per failed attempt.
+async fn reconnect(
+    i: usize,
+    spec: &WorkerSpec,
+    policy: Reconnect,
+    from: usize,
+    rx: &Receiver<'_>,
+) -> Option<(Stream, usize)> {
+    let nodes = spec.target.node_count();
+    let mut seed = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ now_us();
+    let mut ceiling = policy.backoff_ms.max(1);
+    let mut wait = match rx.told {
+        Some(after_ms) => after_ms,
+        None => jitter(&mut seed, ceiling),
+    };
+    let cursor = (!rx.cursor.is_empty()).then_some(rx.cursor.as_str());
+    for attempt in 0..MAX_RECONNECT_ATTEMPTS {
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        let to = next_node(from, i, attempt, nodes);
+        let opened = tokio::time::timeout(
+            Duration::from_secs(10),
+            open(i, spec, to, rx.channel, cursor),
+        )
+        .await;
+        if let Ok(Ok(stream)) = opened {
+            rx.shared.reconnects.fetch_add(1, Relaxed);
+            rx.shared.reconnects_to[to].fetch_add(1, Relaxed);
+            rx.shared.reconnected_at_ms.lock().push(now_us() / 1000);
+            return Some((stream, to));
+        }
+        rx.shared.reconnect_failures.fetch_add(1, Relaxed);
+        ceiling = (ceiling * 2).min(policy.max_backoff_ms.max(1));
+        wait = jitter(&mut seed, ceiling);
+    }
+    None
+}
+
+const MAX_RECONNECT_ATTEMPTS: usize = 30;
+
+/// Where a client of node `from` goes next: one of the other nodes, clients of one node
+/// spread evenly over them (a load balancer's job in production).
+fn next_node(from: usize, i: usize, attempt: usize, nodes: usize) -> usize {
+    if nodes <= 1 {
+        return 0;
+    }
+    (from + 1 + (i / nodes + attempt) % (nodes - 1)) % nodes
+}
+
+/// Uniform in [0, ceiling] ms (full jitter), from a xorshift state.
+fn jitter(seed: &mut u64, ceiling: u64) -> u64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    *seed % (ceiling + 1)
+}
+
+/// One connection's view of its channel, kept across reconnects: the order and loss check,
+/// the resume cursor, and how long a reconnect took to catch up.
+struct Receiver<'a> {
+    shared: &'a Shared,
+    channel: usize,
+    shard: usize,
+    order: OrderBy,
+    joining: bool,
+    last: u64,
+    started_at: Option<u64>,
+    /// The last `id:` received: where a reconnect resumes.
+    cursor: String,
+    recovery: Option<Recovery>,
+    /// The server asked this stream to reconnect after this many ms.
+    told: Option<u64>,
+}
+
+/// A stream that ended and has not caught up yet. It has caught up when it receives a message
+/// published after it reconnected: everything published before then (the replay) has arrived,
+/// in order, by the time of the last of those.
+struct Recovery {
+    dropped_at: u64,
+    reconnected_at: Option<u64>,
+    /// When the last message published before the reconnect arrived.
+    replayed_until: u64,
+}
+
+impl Receiver<'_> {
+    async fn read(&mut self, stream: &mut Stream) {
+        let mut decoder = Chunked::default();
+        let mut lines = DataLines::default();
+        self.told = None;
+        let mut on_line = |l: Line<'_>| match l {
+            Line::Payload { s, t, seq } => self.payload(s, t, seq),
+            Line::Id(id) => {
+                self.cursor.clear();
+                self.cursor.push_str(&String::from_utf8_lossy(id));
+            }
+            Line::Reconnect { after_ms } => {
+                self.told = Some(after_ms);
+                self.shared.told_to_reconnect.fetch_add(1, Relaxed);
+            }
+        };
+        let mut feed = |bytes: &[u8]| {
+            if stream.chunked {
+                decoder.feed(bytes, &mut |b| lines.feed(b, &mut on_line))
+            } else {
+                lines.feed(bytes, &mut on_line);
+                true
+            }
+        };
+        let mut open = feed(&stream.rest);
+        let mut buf = vec![0u8; 4096];
+        while open {
+            match stream.tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => open = feed(&buf[..n]),
+            }
+        }
+    }
+
+    fn payload(&mut self, s: u64, t: u64, seq: Option<u64>) {
+        let shared = self.shared;
         shared.deliveries.fetch_add(1, Relaxed);
-        let lat = now_us().saturating_sub(t).max(1);
-        let _ = shared.latency[shard].lock().record(lat);
-        let s = match order {
+        let now = now_us();
+        let _ = shared.latency[self.shard]
+            .lock()
+            .record(now.saturating_sub(t).max(1));
+        self.recovery_progress(t, now);
+        let s = match self.order {
             OrderBy::Payload => {
-                if joining {
+                if self.joining {
                     // Joined a channel already publishing: it starts here.
-                    joining = false;
-                    last = s.saturating_sub(1);
-                    shared.skipped[channel].fetch_add(last, Relaxed);
+                    self.joining = false;
+                    self.last = s.saturating_sub(1);
+                    shared.skipped[self.channel].fetch_add(self.last, Relaxed);
                 }
                 s
             }
@@ -236,60 +461,92 @@ async fn connection(i: usize, spec: WorkerSpec, shared: Arc<Shared>, gate: Arc<S
                     return;
                 };
                 // The first seq received is this stream's start (it subscribed live).
-                let base = *started_at.get_or_insert(seq.saturating_sub(1));
+                let base = *self.started_at.get_or_insert(seq.saturating_sub(1));
                 seq.saturating_sub(base)
             }
         };
-        if s > last {
-            if s != last + 1 {
+        if s > self.last {
+            if s != self.last + 1 {
                 shared.out_of_order.fetch_add(1, Relaxed);
             }
-            last = s;
-            shared.unique[channel].fetch_add(1, Relaxed);
+            self.last = s;
+            shared.unique[self.channel].fetch_add(1, Relaxed);
         } else {
             shared.duplicates.fetch_add(1, Relaxed);
         }
-    };
-    let mut feed = |bytes: &[u8]| {
-        if chunked {
-            decoder.feed(bytes, &mut |b| lines.feed(b, &mut on_payload))
-        } else {
-            lines.feed(bytes, &mut on_payload);
-            true
-        }
-    };
-    let mut open = feed(&rest);
-    let mut buf = vec![0u8; 4096];
-    while open {
-        match stream.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => open = feed(&buf[..n]),
+    }
+
+    fn dropped(&mut self) {
+        match &mut self.recovery {
+            // Dropped again before catching up: the first drop still counts.
+            Some(r) => r.reconnected_at = None,
+            None => {
+                self.recovery = Some(Recovery {
+                    dropped_at: now_us(),
+                    reconnected_at: None,
+                    replayed_until: 0,
+                });
+                self.shared.recovering.fetch_add(1, Relaxed);
+            }
         }
     }
-    shared.closed.fetch_add(1, Relaxed);
+
+    fn reconnected(&mut self) {
+        if let Some(r) = &mut self.recovery {
+            r.reconnected_at = Some(now_us());
+        }
+    }
+
+    fn recovery_progress(&mut self, sent_at: u64, now: u64) {
+        let Some(r) = &mut self.recovery else {
+            return;
+        };
+        let Some(reconnected_at) = r.reconnected_at else {
+            return;
+        };
+        if sent_at < reconnected_at {
+            r.replayed_until = now;
+            return;
+        }
+        let caught_up = r.replayed_until.max(reconnected_at);
+        let _ = self
+            .shared
+            .recovery
+            .lock()
+            .record(caught_up.saturating_sub(r.dropped_at).max(1));
+        self.shared.last_recovered_us.fetch_max(caught_up, Relaxed);
+        self.shared.recovering.fetch_sub(1, Relaxed);
+        self.recovery = None;
+    }
 }
 
-/// Connects from a spread source address, sends the request and reads the response head.
-/// Returns the stream, body bytes read past the head, and whether the body is chunked.
+/// An open SSE response: the socket, body bytes read past the head, and whether the body
+/// is chunked.
+struct Stream {
+    tcp: tokio::net::TcpStream,
+    rest: Vec<u8>,
+    chunked: bool,
+}
+
+/// Connects to node `node` from a spread source address, sends the request and reads the
+/// response head.
 async fn open(
     i: usize,
     spec: &WorkerSpec,
+    node: usize,
     channel: usize,
-) -> anyhow::Result<(tokio::net::TcpStream, Vec<u8>, bool)> {
+    last_event_id: Option<&str>,
+) -> anyhow::Result<Stream> {
     let octet = 2 + (i % spec.source_ips.max(1) as usize) as u8;
     let sock = TcpSocket::new_v4()?;
     sock.bind(SocketAddr::from((Ipv4Addr::new(127, 0, 0, octet), 0)))?;
-    let node = spec.target.node_addr(i);
-    let mut stream = sock.connect(node).await?;
+    let addr = spec.target.node_at(node);
+    let mut stream = sock.connect(addr).await?;
     stream.set_nodelay(true)?;
     stream
         .write_all(
             spec.target
-                .subscribe_request(
-                    node,
-                    channel,
-                    spec.resume_from.get(channel).map(String::as_str),
-                )
+                .subscribe_request(addr, channel, last_event_id)
                 .as_bytes(),
         )
         .await?;
@@ -307,8 +564,40 @@ async fn open(
                 text.lines().next().unwrap_or("")
             );
             let chunked = text.contains("transfer-encoding: chunked");
-            return Ok((stream, head[end + 4..].to_vec(), chunked));
+            return Ok(Stream {
+                tcp: stream,
+                rest: head[end + 4..].to_vec(),
+                chunked,
+            });
         }
         anyhow::ensure!(head.len() < 16 * 1024, "response head too large");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_nodes_clients_spread_over_the_others() {
+        let nodes = 4;
+        let mut to = [0usize; 4];
+        for i in (0..400).filter(|i| i % nodes == 0) {
+            to[next_node(0, i, 0, nodes)] += 1;
+        }
+        assert_eq!(to, [0, 34, 33, 33]);
+        // A failed attempt tries another node, never the one it came from.
+        for attempt in 0..6 {
+            assert_ne!(next_node(2, 6, attempt, nodes), 2);
+        }
+        assert_eq!(next_node(0, 5, 0, 1), 0);
+    }
+
+    #[test]
+    fn jitter_stays_under_its_ceiling_and_varies() {
+        let mut seed = 0x1234_5678;
+        let draws: Vec<u64> = (0..1000).map(|_| jitter(&mut seed, 100)).collect();
+        assert!(draws.iter().all(|d| *d <= 100));
+        assert!(draws.iter().any(|d| *d < 20) && draws.iter().any(|d| *d > 80));
     }
 }

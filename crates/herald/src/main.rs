@@ -1,6 +1,6 @@
 //! The `herald` binary: `serve` runs the embedded single-process server; `dispatcher`,
 //! `node` and `migrate` run a cluster over ScyllaDB and NATS; `publish`, `subscribe`,
-//! `token` and `bench` are the command-line helpers.
+//! `token`, `drain` and `bench` are the command-line helpers.
 
 mod auth;
 mod cli;
@@ -52,6 +52,8 @@ enum Command {
     Subscribe(cli::subscribe::Args),
     /// Mint a subscriber token (HS256) for local use.
     Token(cli::token::Args),
+    /// Drain a node before it stops: SIGTERM, then follow its streams until it has exited.
+    Drain(cli::drain::Args),
     /// Load-test a server or a cluster: connections, deliveries, latency, memory and CPU per
     /// process role, CQL / NATS / Cassandra counters, and the store's own price.
     Bench(herald_bench::Args),
@@ -83,6 +85,7 @@ fn main() -> anyhow::Result<()> {
         Command::Publish(args) => cli::runtime()?.block_on(cli::publish::run(args)),
         Command::Subscribe(args) => cli::runtime()?.block_on(cli::subscribe::run(args)),
         Command::Token(args) => cli::token::run(args),
+        Command::Drain(args) => cli::runtime()?.block_on(cli::drain::run(args)),
         Command::Bench(args) => {
             let report = cli::runtime_multi()?.block_on(herald_bench::run(args))?;
             report.print();

@@ -1,5 +1,6 @@
 //! Command-line helpers that talk to a running server.
 
+pub mod drain;
 pub mod publish;
 pub mod subscribe;
 pub mod token;

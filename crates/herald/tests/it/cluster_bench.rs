@@ -63,6 +63,16 @@ async fn bench(
     args: &[&str],
 ) -> anyhow::Result<serde_json::Value> {
     let nodes: Vec<String> = cluster.nodes.iter().map(addr).collect();
+    bench_at_nodes(cluster, &nodes, roles, args).await
+}
+
+/// The same, subscribing at `nodes` only.
+async fn bench_at_nodes(
+    cluster: &Cluster,
+    nodes: &[String],
+    roles: &[String],
+    args: &[&str],
+) -> anyhow::Result<serde_json::Value> {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"));
     for (k, _) in std::env::vars() {
         if k.starts_with("HERALD_") {
@@ -234,6 +244,141 @@ async fn cluster_bench_smoke_loses_nothing_and_spends_no_consensus_per_message(
     if total > MAX_LWT_PER_MESSAGE {
         failures.push(format!(
             "{total:.4} LWT requests per published message over the run, more than {MAX_LWT_PER_MESSAGE}"
+        ));
+    }
+    if !failures.is_empty() {
+        bail!("{test}:\n  {}", failures.join("\n  "));
+    }
+    cluster.passed();
+    Ok(())
+}
+
+/// What is wrong with a node-death or drain report, beyond [`problems`]: every client of the
+/// victim back at another node and caught up, nobody giving up, within `caught_up_within`
+/// seconds of the failure (a stall bound: the release bench measures the real figure).
+fn failover_problems(name: &str, r: &serde_json::Value, caught_up_within: f64) -> Vec<String> {
+    let f = &r["failover"];
+    let n = |k: &str| f[k].as_u64().unwrap_or(u64::MAX);
+    let mut out = Vec::new();
+    let victims = n("victim_clients");
+    if victims == 0 || victims == u64::MAX {
+        out.push(format!("{name}: no clients on the victim: {f}"));
+    }
+    if n("reconnects") < victims {
+        out.push(format!(
+            "{name}: {} of {victims} reconnected",
+            f["reconnects"]
+        ));
+    }
+    for k in ["gave_up", "still_catching_up"] {
+        if n(k) != 0 {
+            out.push(format!("{name}: {k} = {}", f[k]));
+        }
+    }
+    let caught_up = f["all_caught_up_s"].as_f64().unwrap_or(0.0);
+    if !(caught_up > 0.0 && caught_up <= caught_up_within) {
+        out.push(format!(
+            "{name}: all caught up {caught_up} s after the failure (bound {caught_up_within} s)"
+        ));
+    }
+    if f["reconnects_per_node"][0].as_u64() != Some(0) {
+        out.push(format!(
+            "{name}: reconnects landed on the victim: {}",
+            f["reconnects_per_node"]
+        ));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_bench_node_death_and_drain_lose_nothing() -> anyhow::Result<()> {
+    let test = "cluster_bench_failover";
+    let drain = Duration::from_secs(3);
+    let spec = Spec {
+        dispatchers: 1,
+        nodes: 3,
+        node_drain: Some(drain),
+        ..Spec::default()
+    };
+    let Some(cluster) = Cluster::start(test, spec).await? else {
+        return Ok(());
+    };
+    let ks = cluster.keyspace.clone();
+    let herald_pid = |id: &str| pid_with_args(&[&["--keyspace", &ks], &["--id", id]]);
+    let nodes: Vec<String> = cluster.nodes.iter().map(addr).collect();
+    let common = |victim_pid: &str, extra: &[&str]| {
+        let mut a: Vec<String> = [
+            "--connections",
+            "300",
+            "--channels",
+            "10",
+            "--rate",
+            "60",
+            "--publishers",
+            "3",
+            "--duration",
+            "9",
+            "--fail-at",
+            "2",
+            "--victim",
+            "0",
+            "--victim-pid",
+            victim_pid,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let mut failures = Vec::new();
+
+    // kill -9 of n0: its 100 clients go to n1 and n2 after a jittered backoff.
+    let victim = herald_pid("n0")?.to_string();
+    let args = common(
+        &victim,
+        &["--scenario", "node-death", "--backoff-ms", "500"],
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = bench(&cluster, &[], &args).await.context("node-death")?;
+    eprintln!("{test}: node-death: {}", r["failover"]);
+    failures.extend(problems("node-death", &r, &[]));
+    failures.extend(failover_problems("node-death", &r, 10.0));
+    if r["failover"]["victim_clients"] != 100 {
+        failures.push(format!(
+            "node-death: {} clients on n0, not 100",
+            r["failover"]
+        ));
+    }
+
+    // Drain of n1 (SIGTERM, 3 s window) with n1 and n2 left: its clients are told in band and
+    // come back at n2 at about the even rate.
+    let victim = herald_pid("n1")?.to_string();
+    let args = common(
+        &victim,
+        &[
+            "--scenario",
+            "drain",
+            "--drain-window",
+            &drain.as_secs().to_string(),
+        ],
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = bench_at_nodes(&cluster, &nodes[1..], &[], &args)
+        .await
+        .context("drain")?;
+    eprintln!("{test}: drain: {}", r["failover"]);
+    failures.extend(problems("drain", &r, &[]));
+    failures.extend(failover_problems("drain", &r, 15.0));
+    let f = &r["failover"];
+    if f["told_to_reconnect"] != f["victim_clients"] {
+        failures.push(format!("drain: not every client was told in band: {f}"));
+    }
+    // Few clients make a lumpy rate: twice the even rate is the smoke's bound.
+    let peak = f["peak_vs_even"].as_f64().unwrap_or(f64::INFINITY);
+    if peak > 2.0 {
+        failures.push(format!(
+            "drain: connect rate peaked at {peak:.2}× the even rate: {f}"
         ));
     }
     if !failures.is_empty() {

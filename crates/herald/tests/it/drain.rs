@@ -154,3 +154,81 @@ async fn streams_are_asked_to_reconnect_at_their_max_lifetime() -> anyhow::Resul
     ensure!(pos(&next_event(&mut again, WAIT).await?).1 == 4);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn herald_drain_moves_streams_off_and_waits_for_the_exit() -> anyhow::Result<()> {
+    const STREAMS: usize = 10;
+    let dir = tempfile::tempdir()?;
+    let mut server = Server::start(
+        dir.path(),
+        &Opts::default()
+            .env("HERALD_DRAIN_SECS", "1")
+            .env("HERALD_RETRY_JITTER_MS", "100"),
+    )?;
+    let sc = server.subscriber(&["live:*"]);
+    let mut tasks = Vec::new();
+    for _ in 0..STREAMS {
+        let sub = sc.subscribe(&["live:c"], None).await?;
+        tasks.push(tokio::spawn(until_reconnect(sub, Duration::from_secs(20))));
+    }
+    let sent = publish_n(&server.publisher(), "live:c", 3).await?;
+    eventually(WAIT, "deliveries to every stream", || async {
+        server
+            .metric("herald_deliveries_total")
+            .await
+            .unwrap_or(0.0)
+            >= (STREAMS * 3) as f64
+    })
+    .await?;
+    let pid = server.pid().to_string();
+    let addr = format!("127.0.0.1:{}", server.port);
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args([
+                "drain",
+                "--pid",
+                &pid,
+                "--addr",
+                &addr,
+                "--timeout-secs",
+                "20",
+            ])
+            .output(),
+    )
+    .await
+    .context("herald drain did not return")??;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.success(), "herald drain failed: {stderr}");
+    ensure!(
+        stderr.contains("exited after"),
+        "herald drain output: {stderr}"
+    );
+    for t in tasks {
+        let told = t.await??;
+        ensure!(told.data["reason"] == "drain", "reason: {}", told.data);
+        ensure!(told.seqs == sent, "a stream lost messages: {:?}", told.seqs);
+        ensure!(told.ended, "the stream did not end after herald:reconnect");
+    }
+    let (_, status) = server.terminate(Duration::from_secs(5))?;
+    ensure!(status.success(), "exit after the drain: {status}");
+
+    // Refusals: no such pid file, a pid file without a pid.
+    let missing = dir.path().join("missing.pid");
+    let garbage = dir.path().join("garbage.pid");
+    std::fs::write(&garbage, "not a pid\n")?;
+    for (file, says) in [(&missing, "reading"), (&garbage, "not a pid")] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+            .arg("drain")
+            .arg("--pid-file")
+            .arg(file)
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            !out.status.success() && stderr.contains(says),
+            "herald drain --pid-file {}: {stderr}",
+            file.display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,286 @@
+//! The node-death and drain scenarios: clients spread over a cluster's nodes follow their
+//! channels while they publish; one node is killed (`kill -9`) or drained (SIGTERM), and its
+//! clients reconnect to the others — after a jittered backoff, or when the drain tells them
+//! to — resuming from their last event ID. Reports how long until every one of them was back
+//! and caught up, the connect rate the other nodes saw, the store reads the resumes cost, and
+//! (as every scenario) loss, duplicates and order over the whole run.
+
+use crate::coordinator::{
+    absorb, ask_all, connected, progress, with_progress, Args, Resolved, Scenario,
+};
+use crate::measure::Meter;
+use crate::publisher;
+use crate::report::{FailoverReport, Percentiles, Report};
+use crate::target::{now_us, Target};
+use crate::worker::{Command, OrderBy, Reconnect, WorkerReport, WorkerSpec};
+use anyhow::Context;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub(crate) async fn run(
+    args: &Args,
+    r: &Resolved,
+    target: &Target,
+    mut meter: Meter,
+    mut report: Report,
+) -> anyhow::Result<Report> {
+    let kill = args.scenario == Scenario::NodeDeath;
+    let nodes = target.node_addrs.len();
+    anyhow::ensure!(
+        nodes >= 2,
+        "node-death and drain need a cluster: give --node-addr with two or more nodes"
+    );
+    anyhow::ensure!(
+        r.rate > 0.0,
+        "the clients catch up on publishes: give --rate"
+    );
+    anyhow::ensure!(
+        args.victim < nodes,
+        "--victim {} but there are {nodes} nodes",
+        args.victim
+    );
+    let victim_addr = target.node_at(args.victim);
+    let victim_pid = match args.victim_pid {
+        Some(pid) => pid,
+        None => {
+            let dir = args
+                .cluster_dir
+                .as_deref()
+                .context("which process is the victim node? give --victim-pid or --cluster-dir")?;
+            crate::roles::pid_listening_at(dir, victim_addr)?
+        }
+    };
+    let victim_clients = (0..r.connections)
+        .filter(|i| i % nodes == args.victim)
+        .count() as u64;
+    let bench_cpu0 = crate::procstat::own_cpu_seconds();
+
+    let all = WorkerSpec {
+        target: target.clone(),
+        first: 0,
+        count: r.connections,
+        channels: r.channels,
+        source_ips: args.source_ips,
+        connect_concurrency: args.connect_concurrency,
+        resume_from: Vec::new(),
+        order: OrderBy::Payload,
+        joins_live: false,
+        reconnect: Some(Reconnect {
+            backoff_ms: args.backoff_ms,
+            max_backoff_ms: args.max_backoff_ms.max(args.backoff_ms),
+        }),
+    };
+    let mut workers = crate::coordinator::spawn_workers(&all, args.per_worker)?;
+    connected(
+        &mut workers,
+        r.connections,
+        Duration::from_secs(180),
+        "subscribers",
+    )
+    .await?;
+    meter.settle().await;
+    meter.start().await;
+
+    let sent = Arc::new(AtomicU64::new(0));
+    let publishing = publisher::paced(
+        target,
+        r.channels,
+        r.rate,
+        r.duration,
+        args.payload,
+        r.publishers,
+        sent.clone(),
+    );
+    let started = Instant::now();
+    let fail_at = started + Duration::from_secs_f64(args.fail_at.max(0.0));
+    let publishing_ends = started + r.duration;
+    let failing = async {
+        tokio::time::sleep_until(fail_at.into()).await;
+        let signal = if kill { libc::SIGKILL } else { libc::SIGTERM };
+        let failed_at_us = now_us();
+        // SAFETY: kill(2) with a pid and a signal number has no memory effects here.
+        let rc = unsafe { libc::kill(victim_pid as libc::pid_t, signal) };
+        anyhow::ensure!(
+            rc == 0,
+            "signalling the victim node (pid {victim_pid}): {}",
+            std::io::Error::last_os_error()
+        );
+        // Until every client of the victim is back and caught up, or no hope of it.
+        let limit = Duration::from_secs_f64(60.0 + 3.0 * args.drain_window);
+        let deadline = Instant::now() + limit;
+        loop {
+            let reps = ask_all(&mut workers, &Command::Report).await?;
+            let sum = |f: fn(&WorkerReport) -> u64| reps.iter().map(f).sum::<u64>();
+            let back = sum(|w| w.failover.reconnects);
+            let recovering = sum(|w| w.failover.recovering);
+            let gave_up = sum(|w| w.failover.gave_up);
+            progress(&format!(
+                "{} node {victim_addr}: {back}/{victim_clients} reconnected, {recovering} catching up",
+                if kill { "killed" } else { "draining" }
+            ));
+            if back + gave_up >= victim_clients && recovering == 0 {
+                break;
+            }
+            if Instant::now() > deadline {
+                eprintln!(
+                    "\n[bench] not every client of the victim was back and caught up within {limit:?}"
+                );
+                break;
+            }
+            if Instant::now() > publishing_ends {
+                eprintln!(
+                    "\n[bench] publishing ended before every client had caught up (a client \
+                     counts as caught up when it receives a message published after it \
+                     reconnected): give a longer --duration"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::Ok(failed_at_us)
+    };
+    let (out, failed_at_us) = tokio::join!(with_progress(publishing, &sent, "published"), failing);
+    let failed_at_us = failed_at_us?;
+    report.published = out.published.iter().sum();
+    report.publish_errors = out.errors;
+    report.duration_s = out.elapsed.as_secs_f64();
+    report.publish_ms = Percentiles::ms(&out.latency);
+    report.publish_rate = report.published as f64 / report.duration_s.max(1e-9);
+
+    // Every client gets everything published to its channel, reconnect or not.
+    let subscribers_of = |c: usize| -> u64 {
+        let full = (r.connections / r.channels) as u64;
+        full + u64::from(c < r.connections % r.channels)
+    };
+    report.expected_deliveries = out
+        .published
+        .iter()
+        .enumerate()
+        .map(|(c, p)| p * subscribers_of(c))
+        .sum();
+    let drain_deadline = Instant::now() + Duration::from_secs_f64(args.drain_secs);
+    loop {
+        let reps = ask_all(&mut workers, &Command::Report).await?;
+        let delivered: u64 = reps.iter().map(|w| w.deliveries).sum();
+        progress(&format!(
+            "draining {delivered}/{}",
+            report.expected_deliveries
+        ));
+        if delivered >= report.expected_deliveries || Instant::now() > drain_deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    meter.end().await;
+    let finals = ask_all(
+        &mut workers,
+        &Command::Stop {
+            published: out.published.clone(),
+        },
+    )
+    .await?;
+    for mut w in workers {
+        let _ = tokio::time::timeout(Duration::from_secs(10), w.child.wait()).await;
+        let _ = w.child.start_kill();
+    }
+    eprintln!();
+    let workers_cpu = absorb(&mut report, &finals)?;
+    // A stream that ended and came back was not closed early; one that gave up was.
+    report.closed_early = finals.iter().map(|w| w.failover.gave_up).sum();
+    report.bench_cpu_s = crate::procstat::own_cpu_seconds() - bench_cpu0 + workers_cpu;
+    report.failover = Some(failover_report(
+        args,
+        kill,
+        victim_addr.to_string(),
+        victim_clients,
+        failed_at_us,
+        &finals,
+    )?);
+    let published = report.published;
+    meter.fill(&mut report, published);
+    Ok(report)
+}
+
+fn failover_report(
+    args: &Args,
+    kill: bool,
+    victim: String,
+    victim_clients: u64,
+    failed_at_us: u64,
+    finals: &[WorkerReport],
+) -> anyhow::Result<FailoverReport> {
+    let mut recovery = crate::new_hist();
+    let mut at_ms: Vec<u64> = Vec::new();
+    let mut per_node: Vec<u64> = Vec::new();
+    let mut f = FailoverReport {
+        event: if kill { "kill -9" } else { "drain (SIGTERM)" }.into(),
+        victim,
+        victim_clients,
+        ..FailoverReport::default()
+    };
+    let mut last_recovered_us = 0;
+    for w in finals.iter().map(|w| &w.failover) {
+        f.reconnects += w.reconnects;
+        f.reconnect_failures += w.reconnect_failures;
+        f.gave_up += w.gave_up;
+        f.told_to_reconnect += w.told_to_reconnect;
+        f.still_catching_up += w.recovering;
+        last_recovered_us = last_recovered_us.max(w.last_recovered_us);
+        recovery.add(crate::decode_hist(&w.recovery)?)?;
+        at_ms.extend_from_slice(&w.reconnected_at_ms);
+        per_node.resize(per_node.len().max(w.reconnects_to.len()), 0);
+        for (k, n) in w.reconnects_to.iter().enumerate() {
+            per_node[k] += n;
+        }
+    }
+    at_ms.sort_unstable();
+    let failed_at_ms = failed_at_us / 1000;
+    let secs_after = |ms: u64| ms.saturating_sub(failed_at_ms) as f64 / 1000.0;
+    f.all_reconnected_s = at_ms.last().map(|&t| secs_after(t)).unwrap_or(0.0);
+    f.all_caught_up_s = if f.still_catching_up == 0 && last_recovered_us > 0 {
+        last_recovered_us.saturating_sub(failed_at_us) as f64 / 1e6
+    } else {
+        0.0
+    };
+    f.recovery_ms = Percentiles::ms(&recovery);
+    f.reconnects_per_node = per_node;
+    f.peak_connects_per_s = peak_per_second(&at_ms);
+    f.mean_connects_per_s = match (at_ms.first(), at_ms.last()) {
+        (Some(a), Some(b)) if b > a => at_ms.len() as f64 * 1000.0 / (b - a) as f64,
+        _ => 0.0,
+    };
+    if !kill && args.drain_window > 0.0 {
+        f.drain_window_s = args.drain_window;
+        f.even_connects_per_s = victim_clients as f64 / args.drain_window;
+        f.peak_vs_even = f.peak_connects_per_s as f64 / f.even_connects_per_s.max(1e-9);
+    }
+    Ok(f)
+}
+
+/// The most reconnects in any one-second window (`at_ms` sorted).
+fn peak_per_second(at_ms: &[u64]) -> u64 {
+    let mut peak = 0;
+    let mut from = 0;
+    for (to, &t) in at_ms.iter().enumerate() {
+        while at_ms[from] + 1000 <= t {
+            from += 1;
+        }
+        peak = peak.max((to - from + 1) as u64);
+    }
+    peak
+}
+
+#[cfg(test)]
+mod tests {
+    use super::peak_per_second;
+
+    #[test]
+    fn peak_counts_the_busiest_second() {
+        assert_eq!(peak_per_second(&[]), 0);
+        assert_eq!(peak_per_second(&[5]), 1);
+        // 0, 400, 999 share a second; 1000 does not share one with 0.
+        assert_eq!(peak_per_second(&[0, 400, 999, 1000, 2500]), 3);
+        assert_eq!(peak_per_second(&[0, 1000, 1001, 1002, 1999, 2000]), 4);
+    }
+}
