@@ -81,6 +81,9 @@ def problems(row):
         if r.get("gone") and not (row.get("name") in FAILOVER and role == "node"):
             out.append(f"{role} pids gone {r['gone']}")
     errs = get(rep, "counters.errors") or []
+    if row.get("name") in FAILOVER and f.get("victim"):
+        # The failed node's /metrics cannot be read at the end, by design.
+        errs = [e for e in errs if not e.startswith(f["victim"] + "/")]
     if errs:
         out.append("counters not read: " + "; ".join(e[:80] for e in errs[:3]))
     return out

@@ -220,6 +220,7 @@ fn failover_report(
         ..FailoverReport::default()
     };
     let mut last_recovered_us = 0;
+    let mut last_reconnected_ms = 0;
     for w in finals.iter().map(|w| &w.failover) {
         f.reconnects += w.reconnects;
         f.reconnect_failures += w.reconnect_failures;
@@ -227,6 +228,7 @@ fn failover_report(
         f.told_to_reconnect += w.told_to_reconnect;
         f.still_catching_up += w.recovering;
         last_recovered_us = last_recovered_us.max(w.last_recovered_us);
+        last_reconnected_ms = last_reconnected_ms.max(w.last_reconnected_ms);
         recovery.add(crate::decode_hist(&w.recovery)?)?;
         at_ms.extend_from_slice(&w.reconnected_at_ms);
         per_node.resize(per_node.len().max(w.reconnects_to.len()), 0);
@@ -237,7 +239,11 @@ fn failover_report(
     at_ms.sort_unstable();
     let failed_at_ms = failed_at_us / 1000;
     let secs_after = |ms: u64| ms.saturating_sub(failed_at_ms) as f64 / 1000.0;
-    f.all_reconnected_s = at_ms.last().map(|&t| secs_after(t)).unwrap_or(0.0);
+    f.all_reconnected_s = if last_reconnected_ms > 0 {
+        secs_after(last_reconnected_ms)
+    } else {
+        0.0
+    };
     f.all_caught_up_s = if f.still_catching_up == 0 && last_recovered_us > 0 {
         last_recovered_us.saturating_sub(failed_at_us) as f64 / 1e6
     } else {
@@ -246,6 +252,13 @@ fn failover_report(
     f.recovery_ms = Percentiles::ms(&recovery);
     f.reconnects_per_node = per_node;
     f.peak_connects_per_s = peak_per_second(&at_ms);
+    for &t in &at_ms {
+        let sec = (t.saturating_sub(failed_at_ms) / 1000) as usize;
+        if f.reconnects_per_s.len() <= sec {
+            f.reconnects_per_s.resize(sec + 1, 0);
+        }
+        f.reconnects_per_s[sec] += 1;
+    }
     f.mean_connects_per_s = match (at_ms.first(), at_ms.last()) {
         (Some(a), Some(b)) if b > a => at_ms.len() as f64 * 1000.0 / (b - a) as f64,
         _ => 0.0,

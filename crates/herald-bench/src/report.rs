@@ -106,10 +106,14 @@ pub struct FailoverReport {
     pub recovery_ms: Percentiles,
     /// Reconnects that landed on each node (index of --node-addr).
     pub reconnects_per_node: Vec<u64>,
-    /// The most reconnects in any one second, over all the other nodes.
+    /// The most reconnects in any one second, over all the other nodes. A reconnect counts
+    /// when the client started the attempt that got its stream (its connect(2)): the rate
+    /// new connections arrive at the other nodes, whatever their speed in answering.
     pub peak_connects_per_s: u64,
     /// Reconnects ÷ the time from the first to the last.
     pub mean_connects_per_s: f64,
+    /// Reconnects in each second after the failure (0–1 s, 1–2 s, …).
+    pub reconnects_per_s: Vec<u64>,
     /// Drain: the window the victim spreads its clients over, and their number ÷ it.
     pub drain_window_s: f64,
     pub even_connects_per_s: f64,

@@ -98,12 +98,16 @@ pub struct FailoverCounts {
     pub recovering: u64,
     /// When the last stream to catch up did (µs since the Unix epoch; 0: none yet).
     pub last_recovered_us: u64,
+    /// When the last reconnect got its stream (ms since the Unix epoch; 0: none).
+    #[serde(default)]
+    pub last_reconnected_ms: u64,
     /// Per node index: reconnects that landed there.
     pub reconnects_to: Vec<u64>,
     /// base64 HdrHistogram (µs): from a stream's end until it had caught up.
     #[serde(default)]
     pub recovery: String,
-    /// When each reconnect succeeded (ms since the Unix epoch; final and window reports).
+    /// When each successful reconnect attempt started (ms since the Unix epoch; final and
+    /// window reports).
     #[serde(default)]
     pub reconnected_at_ms: Vec<u64>,
 }
@@ -140,6 +144,7 @@ struct Shared {
     told_to_reconnect: AtomicU64,
     recovering: AtomicU64,
     last_recovered_us: AtomicU64,
+    last_reconnected_ms: AtomicU64,
     reconnects_to: Vec<AtomicU64>,
     recovery: parking_lot::Mutex<Hist>,
     reconnected_at_ms: parking_lot::Mutex<Vec<u64>>,
@@ -168,6 +173,7 @@ pub async fn run(spec: WorkerSpec) -> anyhow::Result<()> {
         told_to_reconnect: AtomicU64::new(0),
         recovering: AtomicU64::new(0),
         last_recovered_us: AtomicU64::new(0),
+        last_reconnected_ms: AtomicU64::new(0),
         reconnects_to: (0..spec.target.node_count())
             .map(|_| AtomicU64::new(0))
             .collect(),
@@ -256,6 +262,7 @@ fn snapshot(shared: &Shared, lost: u64, with_hist: bool) -> anyhow::Result<Worke
             told_to_reconnect: shared.told_to_reconnect.load(Relaxed),
             recovering: shared.recovering.load(Relaxed),
             last_recovered_us: shared.last_recovered_us.load(Relaxed),
+            last_reconnected_ms: shared.last_reconnected_ms.load(Relaxed),
             reconnects_to: shared
                 .reconnects_to
                 .iter()
@@ -338,6 +345,7 @@ async fn reconnect(
     for attempt in 0..MAX_RECONNECT_ATTEMPTS {
         tokio::time::sleep(Duration::from_millis(wait)).await;
         let to = next_node(from, i, attempt, nodes);
+        let attempted_at_ms = now_us() / 1000;
         let opened = tokio::time::timeout(
             Duration::from_secs(10),
             open(i, spec, to, rx.channel, cursor),
@@ -346,7 +354,10 @@ async fn reconnect(
         if let Ok(Ok(stream)) = opened {
             rx.shared.reconnects.fetch_add(1, Relaxed);
             rx.shared.reconnects_to[to].fetch_add(1, Relaxed);
-            rx.shared.reconnected_at_ms.lock().push(now_us() / 1000);
+            rx.shared.reconnected_at_ms.lock().push(attempted_at_ms);
+            rx.shared
+                .last_reconnected_ms
+                .fetch_max(now_us() / 1000, Relaxed);
             return Some((stream, to));
         }
         rx.shared.reconnect_failures.fetch_add(1, Relaxed);
@@ -528,6 +539,26 @@ struct Stream {
     chunked: bool,
 }
 
+/// Lets the kernel pick the source port at connect time, from the whole 4-tuple. Without it
+/// `bind(ip, 0)` must find a port no other socket of that address holds, a search that
+/// grows with every connection open (with 50k it took most of a worker's CPU during a
+/// reconnect storm). Best effort: a kernel without it binds the old way.
+fn bind_port_at_connect(sock: &TcpSocket) {
+    use std::os::fd::AsRawFd;
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt on a socket this function borrows, with a c_int option value of the
+    // size given.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
 /// Connects to node `node` from a spread source address, sends the request and reads the
 /// response head.
 async fn open(
@@ -539,6 +570,7 @@ async fn open(
 ) -> anyhow::Result<Stream> {
     let octet = 2 + (i % spec.source_ips.max(1) as usize) as u8;
     let sock = TcpSocket::new_v4()?;
+    bind_port_at_connect(&sock);
     sock.bind(SocketAddr::from((Ipv4Addr::new(127, 0, 0, octet), 0)))?;
     let addr = spec.target.node_at(node);
     let mut stream = sock.connect(addr).await?;
