@@ -212,6 +212,7 @@ fn failover_report(
 ) -> anyhow::Result<FailoverReport> {
     let mut recovery = crate::new_hist();
     let mut at_ms: Vec<u64> = Vec::new();
+    let mut told_ms: Vec<u64> = Vec::new();
     let mut per_node: Vec<u64> = Vec::new();
     let mut f = FailoverReport {
         event: if kill { "kill -9" } else { "drain (SIGTERM)" }.into(),
@@ -231,6 +232,7 @@ fn failover_report(
         last_reconnected_ms = last_reconnected_ms.max(w.last_reconnected_ms);
         recovery.add(crate::decode_hist(&w.recovery)?)?;
         at_ms.extend_from_slice(&w.reconnected_at_ms);
+        told_ms.extend_from_slice(&w.told_at_ms);
         per_node.resize(per_node.len().max(w.reconnects_to.len()), 0);
         for (k, n) in w.reconnects_to.iter().enumerate() {
             per_node[k] += n;
@@ -252,13 +254,8 @@ fn failover_report(
     f.recovery_ms = Percentiles::ms(&recovery);
     f.reconnects_per_node = per_node;
     f.peak_connects_per_s = peak_per_second(&at_ms);
-    for &t in &at_ms {
-        let sec = (t.saturating_sub(failed_at_ms) / 1000) as usize;
-        if f.reconnects_per_s.len() <= sec {
-            f.reconnects_per_s.resize(sec + 1, 0);
-        }
-        f.reconnects_per_s[sec] += 1;
-    }
+    f.reconnects_per_s = per_second_after(&at_ms, failed_at_ms);
+    f.told_per_s = per_second_after(&told_ms, failed_at_ms);
     f.mean_connects_per_s = match (at_ms.first(), at_ms.last()) {
         (Some(a), Some(b)) if b > a => at_ms.len() as f64 * 1000.0 / (b - a) as f64,
         _ => 0.0,
@@ -269,6 +266,19 @@ fn failover_report(
         f.peak_vs_even = f.peak_connects_per_s as f64 / f.even_connects_per_s.max(1e-9);
     }
     Ok(f)
+}
+
+/// How many of `at_ms` fall in each second after `from_ms` (0–1 s, 1–2 s, …).
+fn per_second_after(at_ms: &[u64], from_ms: u64) -> Vec<u64> {
+    let mut out: Vec<u64> = Vec::new();
+    for &t in at_ms {
+        let sec = (t.saturating_sub(from_ms) / 1000) as usize;
+        if out.len() <= sec {
+            out.resize(sec + 1, 0);
+        }
+        out[sec] += 1;
+    }
+    out
 }
 
 /// The most reconnects in any one-second window (`at_ms` sorted).
@@ -286,7 +296,7 @@ fn peak_per_second(at_ms: &[u64]) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::peak_per_second;
+    use super::{peak_per_second, per_second_after};
 
     #[test]
     fn peak_counts_the_busiest_second() {
@@ -295,5 +305,14 @@ mod tests {
         // 0, 400, 999 share a second; 1000 does not share one with 0.
         assert_eq!(peak_per_second(&[0, 400, 999, 1000, 2500]), 3);
         assert_eq!(peak_per_second(&[0, 1000, 1001, 1002, 1999, 2000]), 4);
+    }
+
+    #[test]
+    fn per_second_buckets_from_the_failure() {
+        assert_eq!(per_second_after(&[], 5), Vec::<u64>::new());
+        assert_eq!(
+            per_second_after(&[5000, 5999, 6000, 8500, 100], 5000),
+            [3, 1, 0, 1]
+        );
     }
 }

@@ -114,6 +114,8 @@ pub struct FailoverReport {
     pub mean_connects_per_s: f64,
     /// Reconnects in each second after the failure (0–1 s, 1–2 s, …).
     pub reconnects_per_s: Vec<u64>,
+    /// `herald:reconnect` events received in each second after the drain began.
+    pub told_per_s: Vec<u64>,
     /// Drain: the window the victim spreads its clients over, and their number ÷ it.
     pub drain_window_s: f64,
     pub even_connects_per_s: f64,

@@ -110,6 +110,10 @@ pub struct FailoverCounts {
     /// window reports).
     #[serde(default)]
     pub reconnected_at_ms: Vec<u64>,
+    /// When each `herald:reconnect` arrived (ms since the Unix epoch; final and window
+    /// reports).
+    #[serde(default)]
+    pub told_at_ms: Vec<u64>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -148,6 +152,7 @@ struct Shared {
     reconnects_to: Vec<AtomicU64>,
     recovery: parking_lot::Mutex<Hist>,
     reconnected_at_ms: parking_lot::Mutex<Vec<u64>>,
+    told_at_ms: parking_lot::Mutex<Vec<u64>>,
 }
 
 const SHARDS: usize = 16;
@@ -179,6 +184,7 @@ pub async fn run(spec: WorkerSpec) -> anyhow::Result<()> {
             .collect(),
         recovery: parking_lot::Mutex::new(crate::new_hist()),
         reconnected_at_ms: parking_lot::Mutex::new(Vec::new()),
+        told_at_ms: parking_lot::Mutex::new(Vec::new()),
     });
     let gate = Arc::new(Semaphore::new(spec.connect_concurrency.max(1)));
     let mut conns = JoinSet::new();
@@ -229,7 +235,7 @@ fn lost(shared: &Shared, published: &[u64]) -> u64 {
 }
 
 fn snapshot(shared: &Shared, lost: u64, with_hist: bool) -> anyhow::Result<WorkerReport> {
-    let (latency, connect, recovery, reconnected_at_ms) = if with_hist {
+    let (latency, connect, recovery, reconnected_at_ms, told_at_ms) = if with_hist {
         let mut all = crate::new_hist();
         for h in &shared.latency {
             all.add(&*h.lock())?;
@@ -239,6 +245,7 @@ fn snapshot(shared: &Shared, lost: u64, with_hist: bool) -> anyhow::Result<Worke
             crate::encode_hist(&shared.connect.lock())?,
             crate::encode_hist(&shared.recovery.lock())?,
             shared.reconnected_at_ms.lock().clone(),
+            shared.told_at_ms.lock().clone(),
         )
     } else {
         Default::default()
@@ -270,6 +277,7 @@ fn snapshot(shared: &Shared, lost: u64, with_hist: bool) -> anyhow::Result<Worke
                 .collect(),
             recovery,
             reconnected_at_ms,
+            told_at_ms,
         },
     })
 }
@@ -427,6 +435,7 @@ impl Receiver<'_> {
             Line::Reconnect { after_ms } => {
                 self.told = Some(after_ms);
                 self.shared.told_to_reconnect.fetch_add(1, Relaxed);
+                self.shared.told_at_ms.lock().push(now_us() / 1000);
             }
         };
         let mut feed = |bytes: &[u8]| {

@@ -80,14 +80,11 @@ impl Node {
             "draining: asking streams to reconnect elsewhere"
         );
         let start = Instant::now();
+        let mut last_step = start;
         let mut told = 0;
         while told < total {
-            let share = if window.is_zero() {
-                1.0
-            } else {
-                (start.elapsed().as_secs_f64() / window.as_secs_f64()).min(1.0)
-            };
-            let due = ((share * total as f64).ceil() as usize).clamp(told + 1, total);
+            let due = due(total, told, window, start.elapsed(), last_step.elapsed());
+            last_step = Instant::now();
             for q in &all[told..due] {
                 self.send_reconnect(q, ReconnectReason::Drain);
             }
@@ -108,6 +105,32 @@ impl Node {
     }
 }
 
+/// How many of a drain's `total` streams should have been told once `elapsed` of `window`
+/// has passed, `since_last` after the previous step told `told`. On schedule that is the
+/// even share; a drain that fell behind (its process starved of CPU) catches up at no more
+/// than [`CATCH_UP`]× the even rate, so the other nodes never see the burst a late schedule
+/// would make. Only past twice the window does the rest go at once (the process is about to
+/// be stopped anyway).
+fn due(
+    total: usize,
+    told: usize,
+    window: Duration,
+    elapsed: Duration,
+    since_last: Duration,
+) -> usize {
+    if window.is_zero() || elapsed >= window * 2 {
+        return total;
+    }
+    let share = (elapsed.as_secs_f64() / window.as_secs_f64()).min(1.0);
+    let on_schedule = (share * total as f64).ceil() as usize;
+    let even_per_sec = total as f64 / window.as_secs_f64();
+    let most = told + (even_per_sec * since_last.as_secs_f64() * CATCH_UP).ceil() as usize;
+    on_schedule.min(most).clamp(told + 1, total)
+}
+
+/// How much faster than the even rate a late drain may catch up.
+const CATCH_UP: f64 = 1.25;
+
 /// When a stream opened now reaches `lifetime`: 80–100 % of it, so streams opened together
 /// (after a deploy) do not all come back at once.
 pub(crate) fn expiry(lifetime: Duration) -> Instant {
@@ -118,6 +141,23 @@ pub(crate) fn expiry(lifetime: Duration) -> Instant {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_late_drain_catches_up_gently() {
+        let w = Duration::from_secs(10);
+        let ms = Duration::from_millis;
+        // On schedule: the even share (1,000 streams over 10 s: 100 a second).
+        assert_eq!(due(1000, 0, w, ms(20), ms(20)), 2);
+        assert_eq!(due(1000, 498, w, ms(5000), ms(20)), 500);
+        // A first step 2 s late owes 200, within 1.25× of 2 s at the even rate …
+        assert_eq!(due(1000, 0, w, ms(2000), ms(2000)), 200);
+        // … but 300 behind, a step 1 s after the last tells 125 more, not 300.
+        assert_eq!(due(1000, 200, w, ms(5000), ms(1000)), 325);
+        // Always progress, and everything past twice the window.
+        assert_eq!(due(1000, 10, w, ms(100), ms(0)), 11);
+        assert_eq!(due(1000, 10, w, ms(20_000), ms(20)), 1000);
+        assert_eq!(due(5, 0, Duration::ZERO, ms(0), ms(0)), 5);
+    }
 
     #[test]
     fn the_frame_sets_retry_and_names_the_event() {
