@@ -40,12 +40,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     anyhow::ensure!(pid > 1, "pid {pid} is not a server's");
     let pid = rustix::process::Pid::from_raw(pid as i32).context("pid out of range")?;
+    // The server stops accepting when the drain starts but keeps serving the connections it
+    // has: read /metrics once before the signal, and the pooled connection goes on answering.
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .pool_idle_timeout(Duration::from_secs(600))
+        .build()?;
+    if let Some(addr) = args.addr {
+        match open_streams(&http, addr).await {
+            Some(open) => eprintln!("herald drain: {open} streams open at {addr}"),
+            None => eprintln!("herald drain: no herald /metrics at {addr}; draining anyway"),
+        }
+    }
     rustix::process::kill_process(pid, rustix::process::Signal::TERM)
         .with_context(|| format!("signalling pid {}", pid.as_raw_nonzero()))?;
     eprintln!("herald drain: sent SIGTERM to pid {}", pid.as_raw_nonzero());
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()?;
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.timeout_secs);
     let mut last_report = None;
