@@ -60,10 +60,18 @@ FIGURES = {
         ("lost", _get("lost"), LOWER, fmt_int),
         ("deliveries per server CPU-s", _get("deliveries_per_server_cpu_s"), HIGHER, fmt_int),
     ],
+    "flash-crowd": [
+        ("seconds until the crowd was in", _get("flash.crowd_connect_s"), LOWER, lambda v: f"{v:.2f} s"),
+        ("crowd connections failed", _get("flash.crowd_failed"), LOWER, fmt_int),
+        ("lost", _get("lost"), LOWER, fmt_int),
+        ("first subscribers' p99 before", _get("flash.before_ms.p99"), LOWER, fmt_ms),
+        ("first subscribers' p99 while joining", _get("flash.joining_ms.p99"), LOWER, fmt_ms),
+        ("joining p99 ÷ settled p99", _get("flash.joining_vs_settled_p99"), LOWER, lambda v: f"{v:.2f}×"),
+    ],
 }
 # Scenarios a server cannot run (no batch publish API in nchan; the floor has no store).
 NOT_APPLICABLE = {("ingest-batch", "nchan"), ("resume", "nchan")}
-FLOOR_SCENARIOS = {"idle", "fanout", "fanout10", "channels"}
+FLOOR_SCENARIOS = {"idle", "fanout", "fanout10", "channels", "flash-crowd"}
 
 
 def not_applicable(name, server):
