@@ -240,6 +240,66 @@ impl Worker {
     }
 }
 
+/// The workers' spec of a run: its connections and channels, every connection fresh (no
+/// resume), ordered by the bench payload, staying closed when its stream ends. Scenarios
+/// change what differs.
+pub(crate) fn base_spec(args: &Args, r: &Resolved, target: &Target) -> WorkerSpec {
+    WorkerSpec {
+        target: target.clone(),
+        first: 0,
+        count: r.connections,
+        channels: r.channels,
+        source_ips: args.source_ips,
+        connect_concurrency: args.connect_concurrency,
+        resume_from: Vec::new(),
+        order: OrderBy::Payload,
+        joins_live: false,
+        reconnect: None,
+    }
+}
+
+/// `--rate` msgs/s over the run's channels for `--duration`.
+pub(crate) async fn paced(
+    args: &Args,
+    r: &Resolved,
+    target: &Target,
+    sent: Arc<AtomicU64>,
+) -> publisher::Paced {
+    publisher::paced(
+        target,
+        r.channels,
+        r.rate,
+        r.duration,
+        args.payload,
+        r.publishers,
+        sent,
+    )
+    .await
+}
+
+/// Every connection of channel c (connection i follows channel i % channels) should get
+/// `published[c]` messages.
+pub(crate) fn expected_deliveries(r: &Resolved, published: &[u64]) -> u64 {
+    let subscribers_of = |c: usize| -> u64 {
+        let full = (r.connections / r.channels) as u64;
+        full + u64::from(c < r.connections % r.channels)
+    };
+    published
+        .iter()
+        .enumerate()
+        .map(|(c, p)| p * subscribers_of(c))
+        .sum()
+}
+
+/// Puts what the paced publishers did into the report.
+pub(crate) fn record_paced(report: &mut Report, out: &publisher::Paced) {
+    report.published = out.published.iter().sum();
+    report.publish_errors = out.errors;
+    report.duration_s = out.elapsed.as_secs_f64();
+    report.publish_ms = Percentiles::ms(&out.latency);
+    report.publish_rate = report.published as f64 / report.duration_s.max(1e-9);
+}
+
 /// Starts worker processes for the connections `all.first .. all.first + all.count`, at most
 /// `per_worker` each.
 pub(crate) fn spawn_workers(all: &WorkerSpec, per_worker: usize) -> anyhow::Result<Vec<Worker>> {
@@ -257,6 +317,23 @@ pub(crate) fn spawn_workers(all: &WorkerSpec, per_worker: usize) -> anyhow::Resu
         first += count;
     }
     Ok(out)
+}
+
+/// The workers' final reports (`published[c]`: messages that went to channel c); then
+/// they exit.
+pub(crate) async fn stop_all(
+    mut workers: Vec<Worker>,
+    published: &[u64],
+) -> anyhow::Result<Vec<WorkerReport>> {
+    let stop = Command::Stop {
+        published: published.to_vec(),
+    };
+    let finals = ask_all(&mut workers, &stop).await?;
+    for mut w in workers {
+        let _ = tokio::time::timeout(Duration::from_secs(10), w.child.wait()).await;
+        let _ = w.child.start_kill();
+    }
+    Ok(finals)
 }
 
 pub(crate) async fn ask_all(
@@ -414,16 +491,9 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
 
     // Connections, held by worker processes.
     let all = WorkerSpec {
-        target: target.clone(),
-        first: 0,
-        count: r.connections,
-        channels: r.channels,
-        source_ips: args.source_ips,
-        connect_concurrency: args.connect_concurrency,
         resume_from: resume_from.clone(),
         order,
-        joins_live: false,
-        reconnect: None,
+        ..base_spec(&args, &r, &target)
     };
     let mut workers = spawn_workers(&all, args.per_worker)?;
     let connect_deadline = Instant::now() + Duration::from_secs(180);
@@ -494,21 +564,9 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             published = out.per_channel;
         }
         _ if r.rate > 0.0 => {
-            let job = publisher::paced(
-                &target,
-                r.channels,
-                r.rate,
-                r.duration,
-                args.payload,
-                r.publishers,
-                sent.clone(),
-            );
+            let job = paced(&args, &r, &target, sent.clone());
             let out = with_progress(job, &sent, "published").await;
-            report.published = out.published.iter().sum();
-            report.publish_errors = out.errors;
-            report.duration_s = out.elapsed.as_secs_f64();
-            report.publish_ms = Percentiles::ms(&out.latency);
-            report.publish_rate = report.published as f64 / report.duration_s.max(1e-9);
+            record_paced(&mut report, &out);
             published = out.published;
         }
         _ => {
@@ -518,19 +576,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         }
     }
 
-    // Every connection of channel c should get published[c] messages.
-    let subscribers_of = |c: usize| -> u64 {
-        if r.connections == 0 {
-            return 0;
-        }
-        let full = (r.connections / r.channels) as u64;
-        full + u64::from(c < r.connections % r.channels)
-    };
-    report.expected_deliveries = published
-        .iter()
-        .enumerate()
-        .map(|(c, p)| p * subscribers_of(c))
-        .sum();
+    report.expected_deliveries = expected_deliveries(&r, &published);
     let drain_deadline = Instant::now() + Duration::from_secs_f64(args.drain_secs);
     if !workers.is_empty() {
         loop {
@@ -555,17 +601,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     report.server_cpu_s = server_cpu(args.server_pid) - cpu0;
     meter.end().await;
 
-    let finals = ask_all(
-        &mut workers,
-        &Command::Stop {
-            published: published.clone(),
-        },
-    )
-    .await?;
-    for mut w in workers {
-        let _ = tokio::time::timeout(Duration::from_secs(10), w.child.wait()).await;
-        let _ = w.child.start_kill();
-    }
+    let finals = stop_all(workers, &published).await?;
     eprintln!();
     let workers_cpu = absorb(&mut report, &finals)?;
     if report.connected > 0 && report.server_rss_connected > 0 {

@@ -6,13 +6,13 @@
 //! (as every scenario) loss, duplicates and order over the whole run.
 
 use crate::coordinator::{
-    absorb, ask_all, connected, progress, with_progress, Args, Resolved, Scenario,
+    absorb, ask_all, base_spec, connected, expected_deliveries, paced, progress, record_paced,
+    stop_all, with_progress, Args, Resolved, Scenario,
 };
 use crate::measure::Meter;
-use crate::publisher;
 use crate::report::{FailoverReport, Percentiles, Report};
 use crate::target::{now_us, Target};
-use crate::worker::{Command, OrderBy, Reconnect, WorkerReport, WorkerSpec};
+use crate::worker::{Command, Reconnect, WorkerReport, WorkerSpec};
 use anyhow::Context;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -57,19 +57,11 @@ pub(crate) async fn run(
     let bench_cpu0 = crate::procstat::own_cpu_seconds();
 
     let all = WorkerSpec {
-        target: target.clone(),
-        first: 0,
-        count: r.connections,
-        channels: r.channels,
-        source_ips: args.source_ips,
-        connect_concurrency: args.connect_concurrency,
-        resume_from: Vec::new(),
-        order: OrderBy::Payload,
-        joins_live: false,
         reconnect: Some(Reconnect {
             backoff_ms: args.backoff_ms,
             max_backoff_ms: args.max_backoff_ms.max(args.backoff_ms),
         }),
+        ..base_spec(args, r, target)
     };
     let mut workers = crate::coordinator::spawn_workers(&all, args.per_worker)?;
     connected(
@@ -83,15 +75,7 @@ pub(crate) async fn run(
     meter.start().await;
 
     let sent = Arc::new(AtomicU64::new(0));
-    let publishing = publisher::paced(
-        target,
-        r.channels,
-        r.rate,
-        r.duration,
-        args.payload,
-        r.publishers,
-        sent.clone(),
-    );
+    let publishing = paced(args, r, target, sent.clone());
     let started = Instant::now();
     let fail_at = started + Duration::from_secs_f64(args.fail_at.max(0.0));
     let publishing_ends = started + r.duration;
@@ -142,23 +126,10 @@ pub(crate) async fn run(
     };
     let (out, failed_at_us) = tokio::join!(with_progress(publishing, &sent, "published"), failing);
     let failed_at_us = failed_at_us?;
-    report.published = out.published.iter().sum();
-    report.publish_errors = out.errors;
-    report.duration_s = out.elapsed.as_secs_f64();
-    report.publish_ms = Percentiles::ms(&out.latency);
-    report.publish_rate = report.published as f64 / report.duration_s.max(1e-9);
+    record_paced(&mut report, &out);
 
     // Every client gets everything published to its channel, reconnect or not.
-    let subscribers_of = |c: usize| -> u64 {
-        let full = (r.connections / r.channels) as u64;
-        full + u64::from(c < r.connections % r.channels)
-    };
-    report.expected_deliveries = out
-        .published
-        .iter()
-        .enumerate()
-        .map(|(c, p)| p * subscribers_of(c))
-        .sum();
+    report.expected_deliveries = expected_deliveries(r, &out.published);
     let drain_deadline = Instant::now() + Duration::from_secs_f64(args.drain_secs);
     loop {
         let reps = ask_all(&mut workers, &Command::Report).await?;
@@ -173,17 +144,7 @@ pub(crate) async fn run(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     meter.end().await;
-    let finals = ask_all(
-        &mut workers,
-        &Command::Stop {
-            published: out.published.clone(),
-        },
-    )
-    .await?;
-    for mut w in workers {
-        let _ = tokio::time::timeout(Duration::from_secs(10), w.child.wait()).await;
-        let _ = w.child.start_kill();
-    }
+    let finals = stop_all(workers, &out.published).await?;
     eprintln!();
     let workers_cpu = absorb(&mut report, &finals)?;
     // A stream that ended and came back was not closed early; one that gave up was.

@@ -3,14 +3,13 @@
 //! and the first subscribers barely notice (their p99 during the crowd against before it).
 
 use crate::coordinator::{
-    absorb, ask_all, connected, progress, server_cpu, spawn_workers, with_progress, Args, Resolved,
-    Worker,
+    absorb, ask_all, base_spec, connected, paced, progress, record_paced, server_cpu,
+    spawn_workers, stop_all, with_progress, Args, Resolved, Worker,
 };
 use crate::measure::Meter;
-use crate::publisher;
 use crate::report::{FlashReport, Percentiles, Report};
 use crate::target::Target;
-use crate::worker::{Command, OrderBy, WorkerReport, WorkerSpec};
+use crate::worker::{Command, WorkerReport, WorkerSpec};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,16 +37,10 @@ pub(crate) async fn run(
     }
     let spawn = |first: usize, count: usize, joins_live: bool| {
         let all = WorkerSpec {
-            target: target.clone(),
             first,
             count,
-            channels: r.channels,
-            source_ips: args.source_ips,
-            connect_concurrency: args.connect_concurrency,
-            resume_from: Vec::new(),
-            order: OrderBy::Payload,
             joins_live,
-            reconnect: None,
+            ..base_spec(args, r, target)
         };
         spawn_workers(&all, args.per_worker)
     };
@@ -64,15 +57,7 @@ pub(crate) async fn run(
     let cpu0 = server_cpu(args.server_pid);
 
     let sent = Arc::new(AtomicU64::new(0));
-    let publishing = publisher::paced(
-        target,
-        r.channels,
-        r.rate,
-        r.duration,
-        args.payload,
-        r.publishers,
-        sent.clone(),
-    );
+    let publishing = paced(args, r, target, sent.clone());
     let started = Instant::now();
     let crowd_at = Duration::from_secs_f64(args.crowd_at.max(WARM_UP.as_secs_f64() + 1.0));
     let joining = async {
@@ -102,11 +87,7 @@ pub(crate) async fn run(
             out.elapsed.as_secs_f64()
         );
     }
-    report.published = out.published.iter().sum();
-    report.publish_errors = out.errors;
-    report.duration_s = out.elapsed.as_secs_f64();
-    report.publish_ms = Percentiles::ms(&out.latency);
-    report.publish_rate = report.published as f64 / report.duration_s.max(1e-9);
+    record_paced(&mut report, &out);
 
     // Every first subscriber gets everything; a crowd connection everything after it joined.
     let drain_deadline = Instant::now() + Duration::from_secs_f64(args.drain_secs);
@@ -131,15 +112,7 @@ pub(crate) async fn run(
     }
     report.server_cpu_s = server_cpu(args.server_pid) - cpu0;
     meter.end().await;
-    let stop = Command::Stop {
-        published: out.published.clone(),
-    };
-    let mut finals = ask_all(&mut base, &stop).await?;
-    finals.extend(ask_all(&mut crowd, &stop).await?);
-    for mut w in base.into_iter().chain(crowd) {
-        let _ = tokio::time::timeout(Duration::from_secs(10), w.child.wait()).await;
-        let _ = w.child.start_kill();
-    }
+    let finals = stop_all(base.into_iter().chain(crowd).collect(), &out.published).await?;
     eprintln!();
     let workers_cpu = absorb(&mut report, &finals)?;
     report.connections = (r.connections + args.crowd) as u64;
