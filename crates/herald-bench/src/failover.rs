@@ -36,6 +36,13 @@ pub(crate) async fn run(
         "the clients catch up on publishes: give --rate"
     );
     anyhow::ensure!(
+        args.fail_at < r.duration.as_secs_f64(),
+        "--fail-at {} s is not within the --duration of publishing ({} s): the clients catch \
+         up on what is published after the failure",
+        args.fail_at,
+        r.duration.as_secs_f64()
+    );
+    anyhow::ensure!(
         args.victim < nodes,
         "--victim {} but there are {nodes} nodes",
         args.victim
