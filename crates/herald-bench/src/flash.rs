@@ -35,16 +35,17 @@ pub(crate) async fn run(
     if let Some(pid) = args.server_pid {
         report.server_rss_before = crate::procstat::rss_bytes(pid)?;
     }
-    let spawn = |first: usize, count: usize, joins_live: bool| {
+    let spawn = |first: usize, count: usize, joins_live: bool, connect_concurrency: usize| {
         let all = WorkerSpec {
             first,
             count,
             joins_live,
+            connect_concurrency,
             ..base_spec(args, r, target)
         };
         spawn_workers(&all, args.per_worker)
     };
-    let mut base = spawn(0, r.connections, false)?;
+    let mut base = spawn(0, r.connections, false, args.connect_concurrency)?;
     connected(
         &mut base,
         r.connections,
@@ -66,7 +67,7 @@ pub(crate) async fn run(
         tokio::time::sleep_until((started + crowd_at).into()).await;
         let before = window(&mut base).await?;
         let crowd_started = Instant::now();
-        let mut crowd = spawn(r.connections, args.crowd, true)?;
+        let mut crowd = spawn(r.connections, args.crowd, true, args.crowd_concurrency)?;
         let (ok, failed) =
             connected(&mut crowd, args.crowd, Duration::from_secs(60), "the crowd").await?;
         let connect_s = crowd_started.elapsed().as_secs_f64();
