@@ -323,6 +323,29 @@ pub(crate) fn spawn_workers(all: &WorkerSpec, per_worker: usize) -> anyhow::Resu
     Ok(out)
 }
 
+/// Asks the workers for their counts every 100 ms until they have delivered what
+/// `expected` makes of their reports, or `drain_secs` have passed; `seen` gets each total
+/// delivered. Returns the last expected count.
+pub(crate) async fn await_deliveries(
+    workers: &mut [Worker],
+    drain_secs: f64,
+    mut expected: impl FnMut(&[WorkerReport]) -> u64,
+    mut seen: impl FnMut(u64),
+) -> anyhow::Result<u64> {
+    let deadline = Instant::now() + Duration::from_secs_f64(drain_secs);
+    loop {
+        let reps = ask_all(workers, &Command::Report).await?;
+        let delivered: u64 = reps.iter().map(|w| w.deliveries).sum();
+        let want = expected(&reps);
+        seen(delivered);
+        progress(&format!("draining {delivered}/{want}"));
+        if delivered >= want || Instant::now() > deadline {
+            return Ok(want);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The workers' final reports (`published[c]`: messages that went to channel c); then
 /// they exit.
 pub(crate) async fn stop_all(
@@ -581,23 +604,19 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     }
 
     report.expected_deliveries = expected_deliveries(&r, &published);
-    let drain_deadline = Instant::now() + Duration::from_secs_f64(args.drain_secs);
     if !workers.is_empty() {
-        loop {
-            let reps = ask_all(&mut workers, &Command::Report).await?;
-            let delivered: u64 = reps.iter().map(|w| w.deliveries).sum();
-            progress(&format!(
-                "draining {delivered}/{}",
-                report.expected_deliveries
-            ));
-            if storm_target > 0 && delivered >= storm_target && storm_done.is_none() {
-                storm_done = Some(storm_started.elapsed());
-            }
-            if delivered >= report.expected_deliveries || Instant::now() > drain_deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let expected = report.expected_deliveries;
+        await_deliveries(
+            &mut workers,
+            args.drain_secs,
+            |_| expected,
+            |delivered| {
+                if storm_target > 0 && delivered >= storm_target && storm_done.is_none() {
+                    storm_done = Some(storm_started.elapsed());
+                }
+            },
+        )
+        .await?;
     }
     if let Some(d) = storm_done {
         report.resume_caught_up_s = d.as_secs_f64();

@@ -6,8 +6,8 @@
 //! (as every scenario) loss, duplicates and order over the whole run.
 
 use crate::coordinator::{
-    absorb, ask_all, base_spec, connected, expected_deliveries, paced, progress, record_paced,
-    stop_all, with_progress, Args, Resolved, Scenario,
+    absorb, ask_all, await_deliveries, base_spec, connected, expected_deliveries, paced, progress,
+    record_paced, stop_all, with_progress, Args, Resolved, Scenario,
 };
 use crate::measure::Meter;
 use crate::report::{FailoverReport, Percentiles, Report};
@@ -137,19 +137,8 @@ pub(crate) async fn run(
 
     // Every client gets everything published to its channel, reconnect or not.
     report.expected_deliveries = expected_deliveries(r, &out.published);
-    let drain_deadline = Instant::now() + Duration::from_secs_f64(args.drain_secs);
-    loop {
-        let reps = ask_all(&mut workers, &Command::Report).await?;
-        let delivered: u64 = reps.iter().map(|w| w.deliveries).sum();
-        progress(&format!(
-            "draining {delivered}/{}",
-            report.expected_deliveries
-        ));
-        if delivered >= report.expected_deliveries || Instant::now() > drain_deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let expected = report.expected_deliveries;
+    await_deliveries(&mut workers, args.drain_secs, |_| expected, |_| {}).await?;
     meter.end().await;
     let finals = stop_all(workers, &out.published).await?;
     eprintln!();

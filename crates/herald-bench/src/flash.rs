@@ -3,13 +3,13 @@
 //! and the first subscribers barely notice (their p99 during the crowd against before it).
 
 use crate::coordinator::{
-    absorb, ask_all, base_spec, connected, paced, progress, record_paced, server_cpu,
+    absorb, ask_all, await_deliveries, base_spec, connected, paced, record_paced, server_cpu,
     spawn_workers, stop_all, with_progress, Args, Resolved, Worker,
 };
 use crate::measure::Meter;
 use crate::report::{FlashReport, Percentiles, Report};
 use crate::target::Target;
-use crate::worker::{Command, WorkerReport, WorkerSpec};
+use crate::worker::{Command, WorkerSpec};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -79,7 +79,7 @@ pub(crate) async fn run(
         anyhow::Ok((crowd, [before, joining, settled], connect_s, ok, failed))
     };
     let (out, joined) = tokio::join!(with_progress(publishing, &sent, "published"), joining);
-    let (mut crowd, windows, connect_s, crowd_ok, crowd_failed) = joined?;
+    let (crowd, windows, connect_s, crowd_ok, crowd_failed) = joined?;
     if out.elapsed < crowd_at + Duration::from_secs_f64(connect_s) + SETTLE + SETTLED_WINDOW {
         eprintln!(
             "\n[bench] publishing ended ({:.1} s) before the settled window did (the crowd took \
@@ -91,29 +91,22 @@ pub(crate) async fn run(
     record_paced(&mut report, &out);
 
     // Every first subscriber gets everything; a crowd connection everything after it joined.
-    let drain_deadline = Instant::now() + Duration::from_secs_f64(args.drain_secs);
-    loop {
-        let reps: Vec<WorkerReport> = [
-            ask_all(&mut base, &Command::Report).await?,
-            ask_all(&mut crowd, &Command::Report).await?,
-        ]
-        .concat();
-        let delivered: u64 = reps.iter().map(|w| w.deliveries).sum();
-        let skipped: u64 = reps.iter().map(|w| w.skipped).sum();
-        let subscribers: u64 = reps.iter().map(|w| w.connected).sum();
-        report.expected_deliveries = (report.published * subscribers).saturating_sub(skipped);
-        progress(&format!(
-            "draining {delivered}/{}",
-            report.expected_deliveries
-        ));
-        if delivered >= report.expected_deliveries || Instant::now() > drain_deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let mut all: Vec<Worker> = base.into_iter().chain(crowd).collect();
+    let published = report.published;
+    report.expected_deliveries = await_deliveries(
+        &mut all,
+        args.drain_secs,
+        |reps| {
+            let skipped: u64 = reps.iter().map(|w| w.skipped).sum();
+            let subscribers: u64 = reps.iter().map(|w| w.connected).sum();
+            (published * subscribers).saturating_sub(skipped)
+        },
+        |_| {},
+    )
+    .await?;
     report.server_cpu_s = server_cpu(args.server_pid) - cpu0;
     meter.end().await;
-    let finals = stop_all(base.into_iter().chain(crowd).collect(), &out.published).await?;
+    let finals = stop_all(all, &out.published).await?;
     eprintln!();
     let workers_cpu = absorb(&mut report, &finals)?;
     report.connections = (r.connections + args.crowd) as u64;

@@ -50,7 +50,7 @@ impl Target {
 
     /// Where connection `i` subscribes first: node `i % n` (round-robin), or `addr`.
     pub fn node_addr(&self, i: usize) -> SocketAddr {
-        self.node_at(i % self.node_count())
+        self.node_at(i)
     }
 
     /// How many places there are to subscribe at (1 for a single server).
@@ -58,7 +58,7 @@ impl Target {
         self.node_addrs.len().max(1)
     }
 
-    /// The address of node `k` (`k < node_count()`).
+    /// The address of node `k mod node_count()`.
     pub fn node_at(&self, k: usize) -> SocketAddr {
         self.node_addrs
             .get(k % self.node_count())
