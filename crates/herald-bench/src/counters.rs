@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Herald metrics the bench reads: (report key, metric name, `kind` label).
-const HERALD: [(&str, &str, Option<&str>); 15] = [
+const HERALD: [(&str, &str, Option<&str>); 17] = [
     (
         "cql_write_requests",
         "herald_cql_requests_total",
@@ -57,6 +57,8 @@ const HERALD: [(&str, &str, Option<&str>); 15] = [
         "herald_shared_store_reads_total",
         None,
     ),
+    ("store_meta_reads", "herald_store_meta_reads_total", None),
+    ("store_range_reads", "herald_store_range_reads_total", None),
     ("drain_reconnects", "herald_drain_reconnects_total", None),
 ];
 
@@ -128,8 +130,12 @@ pub struct HeraldCounters {
     /// Resumes answered from the nodes' recent-message rings, and from the store.
     pub replays_ring: Option<f64>,
     pub replays_store: Option<f64>,
-    /// Store reads answered by an identical read already in flight (coalesced resumes).
+    /// Store reads answered by an identical read already in flight, or a resume's channel
+    /// meta by a read moments old (coalesced resumes).
     pub shared_store_reads: Option<f64>,
+    /// Reads the nodes sent to the store: channel metas, and message ranges.
+    pub store_meta_reads: Option<f64>,
+    pub store_range_reads: Option<f64>,
     /// Streams a drain asked to reconnect elsewhere.
     pub drain_reconnects: Option<f64>,
 }
@@ -407,6 +413,8 @@ pub fn delta(a: &Snapshot, b: &Snapshot, messages: u64) -> Counters {
     h.replays_ring = sums.get("replays_ring").copied();
     h.replays_store = sums.get("replays_store").copied();
     h.shared_store_reads = sums.get("shared_store_reads").copied();
+    h.store_meta_reads = sums.get("store_meta_reads").copied();
+    h.store_range_reads = sums.get("store_range_reads").copied();
     h.drain_reconnects = sums.get("drain_reconnects").copied();
 
     if let (Some(x), Some(y)) = (&a.nats, &b.nats) {

@@ -324,9 +324,11 @@ impl Report {
         );
         if h.replays_ring.is_some() || h.replays_store.is_some() {
             println!(
-                "                resumes from the ring {}, from the store {} ({} store reads shared with one in flight); drain reconnects {}",
+                "                resumes from the ring {}, from the store {}; store reads: {} channel metas, {} ranges, {} more shared; drain reconnects {}",
                 opt(h.replays_ring, 0),
                 opt(h.replays_store, 0),
+                opt(h.store_meta_reads, 0),
+                opt(h.store_range_reads, 0),
                 opt(h.shared_store_reads, 0),
                 opt(h.drain_reconnects, 0)
             );

@@ -242,13 +242,49 @@ impl Hub {
         Attached::Live
     }
 
-    /// Whether the ring alone can serve a resume from `after` (no store read needed).
+    /// Puts messages a resume just read from the store in front of the ring, as far as they
+    /// join it without a hole (same epoch, each seq one below the ring's first): the next
+    /// resumes of a channel new to this node (after a node death, its clients' channels)
+    /// then find them here instead of reading the store again. `recent` is in seq order;
+    /// the resume attaches at `at` next.
+    pub fn backfill(&self, slot: &Slot, recent: &VecDeque<Arc<Message>>, at: Position) {
+        let Some(newest) = recent.back() else { return };
+        if self.ring_cap == 0 {
+            return;
+        }
+        let mut g = slot.inner.lock();
+        let mut front = match (g.ring.front(), g.head) {
+            (Some(first), _) => first.seq,
+            (None, Some(head)) => head + 1,
+            // Nothing fanned out nor attached yet: the store's newest fixes where this node
+            // stands, as a first subscriber at that position would.
+            (None, None) => {
+                if newest.seq != at.seq || newest.epoch != at.epoch {
+                    return;
+                }
+                g.head = Some(newest.seq);
+                g.epoch = newest.epoch;
+                newest.seq + 1
+            }
+        };
+        for m in recent.iter().rev() {
+            if g.ring.len() >= self.ring_cap || m.epoch != g.epoch || m.seq + 1 != front {
+                break;
+            }
+            g.ring.push_front(m.clone());
+            front = m.seq;
+        }
+    }
+
+    /// Whether the ring alone can serve a resume from `after` (no store read needed), for
+    /// a caller that has checked `after` against the store's head. A position past this
+    /// node's head is covered too: the node is only behind the store (a busy node during a
+    /// reconnect storm), and what it has yet to fan out up to `after` arrives live and is
+    /// dropped as already seen.
     pub fn ring_covers(&self, slot: &Slot, after: Position) -> bool {
         let g = slot.inner.lock();
         match (g.ring.front(), g.head) {
-            (Some(first), Some(head)) => {
-                after.epoch == g.epoch && first.seq <= after.seq + 1 && after.seq <= head
-            }
+            (Some(first), Some(_)) => after.epoch == g.epoch && first.seq <= after.seq + 1,
             _ => false,
         }
     }
@@ -445,10 +481,42 @@ mod tests {
         assert!(h.ring_covers(&slot, at(4)));
         assert!(matches!(h.attach(&slot, &q, 0, at(4)), Attached::Live));
         assert_eq!(q.len(), 2);
+        // Past this node's head (it lags the store): nothing to hand over, the rest is live.
+        assert!(h.ring_covers(&slot, at(9)));
+        let ahead = queue(64);
+        assert!(matches!(h.attach(&slot, &ahead, 0, at(9)), Attached::Live));
+        assert_eq!(ahead.len(), 0);
         // A hand-over larger than half the queue bound waits for the store instead.
         assert!(matches!(
             h.attach(&slot, &queue(4), 0, at(2)),
             Attached::NeedStore
         ));
+    }
+
+    #[test]
+    fn backfill_joins_the_ring_only_without_a_hole() {
+        let h = hub(6);
+        let recent = |seqs: &[u64]| seqs.iter().map(|&s| msg(s)).collect::<VecDeque<_>>();
+        // A channel new to the node: the store's newest fixes its head.
+        let fresh = h.slot("live:h");
+        h.backfill(&fresh, &recent(&[3, 4, 5]), at(5));
+        assert_eq!(h.head(&fresh), Some(at(5)));
+        assert!(h.ring_covers(&fresh, at(2)));
+        // Only messages right below the ring's first go in, up to the ring's size.
+        let mut flush = Vec::new();
+        h.deliver(&msg(6), &mut flush);
+        h.backfill(&fresh, &recent(&[0, 1, 2]), at(2));
+        assert!(h.ring_covers(&fresh, at(0)));
+        let q = queue(64);
+        assert!(matches!(h.attach(&fresh, &q, 0, at(0)), Attached::Live));
+        assert_eq!(q.len(), 6, "1..=6, the ring full");
+        // A hole below the ring, or a position other than the newest read: nothing.
+        let other = h.slot("live:h2");
+        h.backfill(&other, &recent(&[3, 4]), at(5));
+        assert_eq!(h.head(&other), None);
+        h.backfill(&other, &recent(&[4, 5]), at(5));
+        h.backfill(&other, &recent(&[1, 2]), at(2));
+        assert!(!h.ring_covers(&other, at(2)));
+        assert!(h.ring_covers(&other, at(3)));
     }
 }

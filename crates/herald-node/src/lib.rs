@@ -189,6 +189,8 @@ impl Node {
     pub fn stats(&self) -> NodeStats {
         let mut s = self.counters.snapshot();
         s.shared_reads = self.reads.joined.load(Relaxed);
+        s.store_meta_reads = self.reads.store_metas.load(Relaxed);
+        s.store_range_reads = self.reads.store_ranges.load(Relaxed);
         s
     }
 

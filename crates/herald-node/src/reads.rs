@@ -1,6 +1,7 @@
 //! Store reads shared between callers that want the same thing at the same time
 //! (single-flight): a reconnect storm on a hot channel asks the store once per page, not
-//! once per client.
+//! once per client. A resume may also use a channel's meta read that completed moments ago
+//! (see [`META_REUSE`]).
 
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use herald_store::{ChannelMeta, Store, StoreError, StoredMessage};
@@ -9,9 +10,15 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-type SharedRead<V> = Shared<BoxFuture<'static, Result<(V, Instant), Arc<StoreError>>>>;
+/// How long a completed meta read may answer a resume that it fits (see
+/// [`Reads::resume_meta`]).
+pub(crate) const META_REUSE: Duration = Duration::from_secs(1);
+
+/// A read's value, when it started and when it completed.
+type Timed<V> = (V, Instant, Instant);
+type SharedRead<V> = Shared<BoxFuture<'static, Result<Timed<V>, Arc<StoreError>>>>;
 
 /// In-flight reads by key, with when each started; the entry goes when the read completes
 /// (or its first caller gives up and nobody else waits).
@@ -28,13 +35,13 @@ impl<K: Hash + Eq + Clone, V: Clone + Send + Sync + 'static> Flights<K, V> {
 
     /// Joins the read of `key` in flight if it started at or after `not_before` (so it sees
     /// every write the caller must see), or starts `read`. Returns the value, when its read
-    /// completed, and whether it joined.
+    /// started and completed, and whether it joined.
     async fn run(
         &self,
         key: K,
         not_before: Instant,
         read: impl FnOnce() -> BoxFuture<'static, Result<V, Arc<StoreError>>>,
-    ) -> (Result<(V, Instant), Arc<StoreError>>, bool) {
+    ) -> (Result<Timed<V>, Arc<StoreError>>, bool) {
         let (fut, joined, registered) = {
             let mut map = self.inflight.lock();
             match map.get(&key) {
@@ -44,10 +51,10 @@ impl<K: Hash + Eq + Clone, V: Clone + Send + Sync + 'static> Flights<K, V> {
                     (f.clone(), true, false)
                 }
                 // Too old for this caller: read afresh, leaving the other flight in place.
-                Some(_) => (Self::timed(read()), false, false),
+                Some(_) => (Self::timed(read()).1, false, false),
                 None => {
-                    let f = Self::timed(read());
-                    map.insert(key.clone(), (Instant::now(), f.clone()));
+                    let (started, f) = Self::timed(read());
+                    map.insert(key.clone(), (started, f.clone()));
                     (f, false, true)
                 }
             }
@@ -61,10 +68,14 @@ impl<K: Hash + Eq + Clone, V: Clone + Send + Sync + 'static> Flights<K, V> {
         (fut.await, joined)
     }
 
-    fn timed(read: BoxFuture<'static, Result<V, Arc<StoreError>>>) -> SharedRead<V> {
-        async move { read.await.map(|v| (v, Instant::now())) }
+    /// The read, stamped with when it started (no later than its first poll, so the stamp
+    /// never claims the read saw more than it did) and when it completed.
+    fn timed(read: BoxFuture<'static, Result<V, Arc<StoreError>>>) -> (Instant, SharedRead<V>) {
+        let started = Instant::now();
+        let f = async move { read.await.map(|v| (v, started, Instant::now())) }
             .boxed()
-            .shared()
+            .shared();
+        (started, f)
     }
 }
 
@@ -79,13 +90,51 @@ impl<K: Hash + Eq, V: Clone> Drop for Remove<'_, K, V> {
     }
 }
 
+/// The channel's meta as a completed read found it.
+#[derive(Clone, Copy)]
+struct RecentMeta {
+    meta: ChannelMeta,
+    started: Instant,
+    completed: Instant,
+}
+
+/// The newest completed meta read of each channel read within [`META_REUSE`]; older ones
+/// are dropped whenever the map has doubled since it was last pruned.
+struct RecentMetas {
+    by_channel: HashMap<Arc<str>, RecentMeta>,
+    prune_at: usize,
+}
+
+const RECENT_PRUNE_MIN: usize = 1024;
+
+impl RecentMetas {
+    fn remember(&mut self, channel: &Arc<str>, r: RecentMeta) {
+        match self.by_channel.get_mut(channel) {
+            Some(old) if old.started >= r.started => {}
+            Some(old) => *old = r,
+            None => {
+                self.by_channel.insert(channel.clone(), r);
+                if self.by_channel.len() >= self.prune_at {
+                    self.by_channel
+                        .retain(|_, r| r.completed.elapsed() <= META_REUSE);
+                    self.prune_at = (self.by_channel.len() * 2).max(RECENT_PRUNE_MIN);
+                }
+            }
+        }
+    }
+}
+
 /// The node's store reads.
 pub(crate) struct Reads {
     store: Arc<dyn Store>,
     metas: Flights<Arc<str>, Option<ChannelMeta>>,
     ranges: Flights<(Arc<str>, u64, usize), Arc<Vec<StoredMessage>>>,
-    /// Reads answered by joining one already in flight.
+    recent: Mutex<RecentMetas>,
+    /// Reads answered by joining one already in flight, or by a recent meta read.
     pub joined: AtomicU64,
+    /// Reads that went to the store: channel metas and message ranges.
+    pub store_metas: Arc<AtomicU64>,
+    pub store_ranges: Arc<AtomicU64>,
 }
 
 impl Reads {
@@ -94,7 +143,13 @@ impl Reads {
             store,
             metas: Flights::new(),
             ranges: Flights::new(),
+            recent: Mutex::new(RecentMetas {
+                by_channel: HashMap::new(),
+                prune_at: RECENT_PRUNE_MIN,
+            }),
             joined: AtomicU64::new(0),
+            store_metas: Arc::default(),
+            store_ranges: Arc::default(),
         }
     }
 
@@ -107,14 +162,56 @@ impl Reads {
     ) -> Result<(Option<ChannelMeta>, Instant), String> {
         let store = self.store.clone();
         let ch = channel.clone();
+        let counter = self.store_metas.clone();
         let (r, joined) = self
             .metas
             .run(channel.clone(), not_before, move || {
-                async move { store.channel_meta(&ch).await.map_err(Arc::new) }.boxed()
+                async move {
+                    counter.fetch_add(1, Relaxed);
+                    store.channel_meta(&ch).await.map_err(Arc::new)
+                }
+                .boxed()
             })
             .await;
         self.count(joined);
-        r.map_err(|e| e.to_string())
+        let (meta, started, completed) = r.map_err(|e| e.to_string())?;
+        if let Some(meta) = meta {
+            self.recent.lock().remember(
+                channel,
+                RecentMeta {
+                    meta,
+                    started,
+                    completed,
+                },
+            );
+        }
+        Ok((meta, completed))
+    }
+
+    /// The channel's meta for a stream resuming at `at` whose live messages this node has
+    /// taken since `not_before` (the slot's creation). A meta read that started after
+    /// `not_before` and completed within [`META_REUSE`] answers it when `at` lies inside the
+    /// log that read saw (same epoch, not past its head, not before its first retained
+    /// message): everything published since reaches the stream from the slot, exactly as
+    /// after a fresh read, so only the retention edge is up to [`META_REUSE`] old, and a
+    /// range read that finds the position trimmed still resets the stream. Any other
+    /// position (a newer epoch, a head this read has not seen, a position out of retention)
+    /// is judged on a read of its own. This is what makes a reconnect storm cost one meta
+    /// read per channel per [`META_REUSE`] rather than one per client.
+    pub async fn resume_meta(
+        &self,
+        channel: &Arc<str>,
+        not_before: Instant,
+        at: herald_proto::Position,
+    ) -> Result<(Option<ChannelMeta>, Instant), String> {
+        let recent = self.recent.lock().by_channel.get(channel).copied();
+        if let Some(r) = recent.filter(|r| {
+            r.started >= not_before && r.completed.elapsed() <= META_REUSE && fits(&r.meta, at)
+        }) {
+            self.count(true);
+            return Ok((Some(r.meta), r.completed));
+        }
+        self.channel_meta(channel, not_before).await
     }
 
     /// Messages after `after`, from a read that started at or after `not_before`.
@@ -127,10 +224,12 @@ impl Reads {
     ) -> Result<Arc<Vec<StoredMessage>>, String> {
         let store = self.store.clone();
         let ch = channel.clone();
+        let counter = self.store_ranges.clone();
         let (r, joined) = self
             .ranges
             .run((channel.clone(), after, limit), not_before, move || {
                 async move {
+                    counter.fetch_add(1, Relaxed);
                     store
                         .read_range(&ch, after, limit)
                         .await
@@ -141,7 +240,7 @@ impl Reads {
             })
             .await;
         self.count(joined);
-        r.map(|(v, _)| v).map_err(|e| e.to_string())
+        r.map(|(v, _, _)| v).map_err(|e| e.to_string())
     }
 
     /// `user`'s acked position on `channel`.
@@ -166,6 +265,15 @@ impl Reads {
             self.joined.fetch_add(1, Relaxed);
         }
     }
+}
+
+/// Whether a stream at `at` is inside the log `meta` describes: the same epoch (or the very
+/// start), not past its head, not before its first retained message.
+fn fits(meta: &ChannelMeta, at: herald_proto::Position) -> bool {
+    let from_start = at.epoch == 0 && at.seq == 0;
+    (from_start || at.epoch == meta.epoch)
+        && at.seq <= meta.last_seq
+        && at.seq.saturating_add(1) >= meta.first_seq
 }
 
 #[cfg(test)]

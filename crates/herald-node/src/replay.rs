@@ -10,6 +10,7 @@ use crate::stats::Counters;
 use crate::Node;
 use bytes::Bytes;
 use herald_proto::Position;
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -63,11 +64,20 @@ pub(crate) async fn run(node: Arc<Node>, queue: Arc<ConnQueue>, joins: Vec<Join>
 
 async fn join_channel(node: &Node, queue: &Arc<ConnQueue>, j: &Join) -> Result<(), String> {
     // Retention and epochs are the store's word, so every join asks it where the log
-    // stands; what the ring can serve then saves the range read.
-    let (meta, meta_read) = node
-        .reads
-        .channel_meta(&j.slot.channel, j.slot.created)
-        .await?;
+    // stands (a resume inside the log a moment-old read saw takes that read); what the
+    // ring can serve then saves the range read.
+    let (meta, meta_read) = match j.resume {
+        Some(at) => {
+            node.reads
+                .resume_meta(&j.slot.channel, j.slot.created, at)
+                .await?
+        }
+        None => {
+            node.reads
+                .channel_meta(&j.slot.channel, j.slot.created)
+                .await?
+        }
+    };
     let mut reset_to = None;
     let start = match (j.resume, meta) {
         (None, Some(m)) => Position {
@@ -126,8 +136,11 @@ async fn join_channel(node: &Node, queue: &Arc<ConnQueue>, j: &Join) -> Result<(
     }
     let mut caught_up = meta.is_none_or(|m| pos.seq >= m.last_seq);
     let mut empty_pages = 0;
+    // The newest messages replayed, for the ring of a channel that has none yet.
+    let mut recent: VecDeque<Arc<Message>> = VecDeque::new();
     loop {
         if caught_up {
+            node.hub.backfill(&j.slot, &recent, pos);
             match node.hub.attach(&j.slot, queue, j.idx, pos) {
                 Attached::Live => break,
                 Attached::Closed => return Ok(()),
@@ -177,6 +190,12 @@ async fn join_channel(node: &Node, queue: &Arc<ConnQueue>, j: &Join) -> Result<(
                 reset(node, queue, j, head, ResetReason::Retention);
             }
             let msg = Message::from_stored(j.slot.channel.clone(), m);
+            if recent.len() >= node.config.ring_cap {
+                recent.pop_front();
+            }
+            if node.config.ring_cap > 0 {
+                recent.push_back(msg.clone());
+            }
             if !queue.push_wait(Item::Reliable(msg, j.idx)).await {
                 return Ok(());
             }

@@ -35,8 +35,13 @@ pub struct NodeStats {
     pub drain_reconnects: u64,
     /// Streams asked to reconnect at their maximum lifetime.
     pub lifetime_reconnects: u64,
-    /// Store reads answered by joining an identical read already in flight.
+    /// Store reads answered by joining an identical read already in flight, or (a resume's
+    /// channel meta) by one completed moments ago.
     pub shared_reads: u64,
+    /// Channel meta reads that went to the store.
+    pub store_meta_reads: u64,
+    /// Message range reads (replays, repairs, resyncs) that went to the store.
+    pub store_range_reads: u64,
 }
 
 #[derive(Default)]
@@ -97,6 +102,8 @@ impl Counters {
             drain_reconnects: self.drain_reconnects.load(Relaxed),
             lifetime_reconnects: self.lifetime_reconnects.load(Relaxed),
             shared_reads: 0,
+            store_meta_reads: 0,
+            store_range_reads: 0,
         }
     }
 }

@@ -2,7 +2,9 @@
 //! without holding up the others (the repair read of one channel is held back until the
 //! test lets it go), and a node that is behind drops ephemeral messages first.
 
-use anyhow::{bail, Context};
+mod support;
+
+use anyhow::Context;
 use async_trait::async_trait;
 use bytes::Bytes;
 use herald_fabric::{in_process, FabricMessage, Incoming};
@@ -15,9 +17,8 @@ use http_body::Body;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+use support::{entry, fabric_msg, numbers, read_until};
 use tokio::sync::{mpsc, Notify};
-
-const EPOCH: u64 = 7;
 
 /// The embedded store, except that `read_range` of `held` waits for `release`.
 struct HeldReads {
@@ -84,74 +85,6 @@ impl Store for HeldReads {
     async fn flush(&self) -> Result<(), StoreError> {
         self.inner.flush().await
     }
-}
-
-fn entry(channel: &str, seq: u64) -> AppendEntry {
-    AppendEntry {
-        channel: channel.to_owned(),
-        epoch: EPOCH,
-        seq,
-        ts_ms: 1,
-        event: "message".to_owned(),
-        data: Bytes::from(format!("{{\"n\":{seq}}}")),
-        idempotency: None,
-        ttl_secs: 0,
-        fence: 0,
-    }
-}
-
-fn fabric_msg(channel: &str, seq: u64) -> Incoming {
-    Incoming::Message(FabricMessage {
-        channel: Arc::from(channel),
-        epoch: EPOCH,
-        seq,
-        ts_ms: 1,
-        event: Arc::from("message"),
-        data: Bytes::from(format!("{{\"n\":{seq}}}")),
-        conflation_key: None,
-    })
-}
-
-/// Reads a stream's bytes until `want` holds for them or the deadline passes.
-async fn read_until(
-    body: &mut herald_node::SseBody,
-    seen: &mut String,
-    within: Duration,
-    want: impl Fn(&str) -> bool,
-) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + within;
-    while !want(seen) {
-        let frame = tokio::time::timeout_at(
-            deadline,
-            std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)),
-        )
-        .await
-        .with_context(|| format!("timed out; the stream so far: {seen:?}"))?;
-        match frame {
-            Some(Ok(f)) => {
-                if let Ok(data) = f.into_data() {
-                    seen.push_str(&String::from_utf8_lossy(&data));
-                }
-            }
-            Some(Err(e)) => match e {},
-            None => bail!("the stream ended; so far: {seen:?}"),
-        }
-    }
-    Ok(())
-}
-
-/// `"n":K` values of the data lines of a stream, in order.
-fn numbers(stream: &str) -> Vec<u64> {
-    stream
-        .lines()
-        .filter_map(|l| l.split("\"n\":").nth(1))
-        .filter_map(|rest| {
-            rest.split(|c: char| !c.is_ascii_digit())
-                .next()?
-                .parse()
-                .ok()
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

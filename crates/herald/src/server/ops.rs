@@ -287,8 +287,22 @@ pub fn metrics(state: &State) -> Response<ResponseBody> {
         &mut out,
         "herald_shared_store_reads_total",
         c,
-        "Store reads answered by an identical read already in flight (single-flight).",
+        "Store reads answered by an identical read already in flight (single-flight), or a resume's channel meta by a read completed within the last second.",
         n.shared_reads,
+    );
+    metric(
+        &mut out,
+        "herald_store_meta_reads_total",
+        c,
+        "Channel meta reads (epoch, first and last seq) sent to the store by this node's streams.",
+        n.store_meta_reads,
+    );
+    metric(
+        &mut out,
+        "herald_store_range_reads_total",
+        c,
+        "Message range reads (replays, gap repairs, resyncs) sent to the store by this node.",
+        n.store_range_reads,
     );
     metric(
         &mut out,
