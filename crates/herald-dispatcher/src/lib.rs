@@ -97,13 +97,13 @@ impl Dispatcher {
         let (jobs_tx, jobs_rx) = mpsc::channel(config.queue_jobs.max(1));
         let (stop, stop_rx) = watch::channel(false);
         let counters = Arc::new(Counters::default());
-        let (dirty_tx, dirty_rx) = mpsc::channel(65_536);
+        let written = Arc::new(retention::Written::default());
         let sequencer = Sequencer::new(
             store.clone(),
             fabric.clone(),
             counters.clone(),
             &config,
-            dirty_tx,
+            written.clone(),
             ownership.clone(),
         );
         // An embedded store blocks for its fsync anyway: give the sequencer a thread of its
@@ -141,7 +141,7 @@ impl Dispatcher {
             config.sweep_interval,
             counters.clone(),
         );
-        let sweep_task = tokio::spawn(sweeper.run(dirty_rx, stop_rx));
+        let sweep_task = tokio::spawn(sweeper.run(written, stop_rx));
         Arc::new(Self {
             jobs: jobs_tx,
             fabric,

@@ -7,6 +7,7 @@
 //! write only if the lease was still valid when the write returned.
 
 use crate::ownership::{Ownership, Term};
+use crate::retention::Written;
 use crate::stats::Counters;
 use crate::{now_ms, DispatcherConfig, Policies, PublishError, PublishItem};
 use herald_fabric::{Fabric, FabricMessage};
@@ -51,7 +52,7 @@ pub(crate) struct Sequencer {
     idempotency_window: Duration,
     heads: HashMap<String, Head>,
     /// Channels written, with their last seq, for the retention sweeper.
-    dirty: mpsc::Sender<(String, u64)>,
+    written: Arc<Written>,
     policies: Policies,
     ownership: Option<Arc<dyn Ownership>>,
 }
@@ -62,7 +63,7 @@ impl Sequencer {
         fabric: Arc<dyn Fabric>,
         counters: Arc<Counters>,
         config: &DispatcherConfig,
-        dirty: mpsc::Sender<(String, u64)>,
+        written: Arc<Written>,
         ownership: Option<Arc<dyn Ownership>>,
     ) -> Self {
         Self {
@@ -73,7 +74,7 @@ impl Sequencer {
             max_group: config.max_group.max(1),
             idempotency_window: config.idempotency_window,
             heads: HashMap::new(),
-            dirty,
+            written,
             policies: config.policies.clone(),
             ownership,
         }
@@ -349,9 +350,7 @@ impl Sequencer {
         }
         self.counters.add_reliable(messages.len() as u64);
         for (c, seq) in last {
-            // Retention is best-effort bookkeeping: if the sweeper is behind, a later write
-            // of the channel brings it back.
-            let _ = self.dirty.try_send((c.to_owned(), seq));
+            self.written.note(c, seq);
         }
         if !messages.is_empty() {
             if let Err(e) = self.fabric.publish(messages).await {
