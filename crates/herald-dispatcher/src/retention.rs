@@ -130,8 +130,8 @@ impl Sweeper {
 /// (count retention only), or of a short-lived namespace on a store without row TTLs
 /// (its whole retention). Others wait for their full sweep, if their store needs one.
 fn due(
-policies: &Policies,
-written: impl Iterator<Item = (String, u64)>,
+    policies: &Policies,
+    written: impl Iterator<Item = (String, u64)>,
     by_ttl: bool,
 ) -> Vec<(String, Retention)> {
     written
@@ -172,7 +172,10 @@ mod tests {
         assert_eq!(
             embedded,
             vec![
-                ("brief:c".to_owned(), policies.for_channel("brief:c").retention),
+                (
+                    "brief:c".to_owned(),
+                    policies.for_channel("brief:c").retention
+                ),
                 (
                     "live:b".to_owned(),
                     Retention {

@@ -40,8 +40,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     anyhow::ensure!(pid > 1, "pid {pid} is not a server's");
     let pid = rustix::process::Pid::from_raw(pid as i32).context("pid out of range")?;
-    // The server stops accepting when the drain starts but keeps serving the connections it
-    // has: read /metrics once before the signal, and the pooled connection goes on answering.
+    // The listener closes when the drain is over, before the last in-flight work ends: read
+    // /metrics once before the signal, and the pooled connection answers to the end.
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .pool_idle_timeout(Duration::from_secs(600))

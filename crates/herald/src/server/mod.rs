@@ -106,8 +106,8 @@ impl State {
     }
 }
 
-/// Serves `listener` until `shutdown` resolves, then stops accepting, moves its streams
-/// off over `drain` (see [`herald_node::Node::drain`]) and shuts down within `timeout`.
+/// Serves `listener` until `shutdown` resolves, then moves its streams off over `drain`
+/// (see [`herald_node::Node::drain`]), then stops accepting and shuts down within `timeout`.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<State>,
@@ -117,41 +117,15 @@ pub async fn serve(
 ) {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut conns = JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    let slot = match state.admission.admit_connection(peer.ip()) {
-                        Ok(slot) => slot,
-                        Err(e) => {
-                            conns.spawn(lean::refuse(stream, e));
-                            continue;
-                        }
-                    };
-                    let st = state.clone();
-                    let stop = stop_rx.clone();
-                    conns.spawn(async move {
-                        connection(stream, st, stop).await;
-                        drop(slot);
-                    });
-                }
-                Err(e) => {
-                    // Out of file descriptors and similar: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-        }
-    }
-    drop(listener);
+    accept_until(&listener, &state, &stop_rx, &mut conns, shutdown).await;
     state.shutting_down.store(true, Ordering::Release);
     if let (Some(node), false) = (&state.node, drain.is_zero()) {
-        node.drain(drain).await;
+        // The listener stays open while streams move off: `/metrics` and `/readyz` (503)
+        // keep answering for operators and load balancers, and a new stream gets a prompt
+        // 503 `shutting_down` that sends its client elsewhere.
+        accept_until(&listener, &state, &stop_rx, &mut conns, node.drain(drain)).await;
     }
+    drop(listener);
     tracing::info!("shutting down: ending streams and finishing in-flight requests");
     let deadline = tokio::time::Instant::now() + timeout;
     if let Some(node) = &state.node {
@@ -180,6 +154,46 @@ pub async fn serve(
         dispatcher.shutdown(left.max(Duration::from_secs(1))).await;
     }
     tracing::info!("shutdown complete");
+}
+
+/// Accepts connections, each served by a task in `conns`, until `until` resolves.
+async fn accept_until(
+    listener: &TcpListener,
+    state: &Arc<State>,
+    stop: &watch::Receiver<bool>,
+    conns: &mut JoinSet<()>,
+    until: impl Future<Output = ()>,
+) {
+    tokio::pin!(until);
+    loop {
+        tokio::select! {
+            _ = &mut until => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let slot = match state.admission.admit_connection(peer.ip()) {
+                        Ok(slot) => slot,
+                        Err(e) => {
+                            conns.spawn(lean::refuse(stream, e));
+                            continue;
+                        }
+                    };
+                    let st = state.clone();
+                    let stop = stop.clone();
+                    conns.spawn(async move {
+                        connection(stream, st, stop).await;
+                        drop(slot);
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and similar: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
 }
 
 /// One accepted connection. Its future lives as long as the connection, so it is kept

@@ -75,6 +75,23 @@ async fn sigterm_drains_streams_evenly_over_the_window() -> anyhow::Result<()> {
     unsafe {
         libc::kill(server.pid() as i32, libc::SIGTERM);
     }
+    // While streams move off, the listener still answers: /readyz says 503, /metrics is
+    // read over a new connection, and a new stream is sent elsewhere with a 503.
+    let http = reqwest::Client::new();
+    eventually(WAIT, "/readyz turns 503 when the drain starts", || async {
+        matches!(http.get(server.url("/readyz")).send().await, Ok(r) if r.status() == 503)
+    })
+    .await?;
+    let open = server.metric("herald_connections").await?;
+    ensure!(open > 0.0, "streams still open early in the drain: {open}");
+    let refused = sc.subscribe(&["live:d"], None).await;
+    let refused = refused
+        .err()
+        .context("a new stream during the drain was taken")?;
+    ensure!(
+        format!("{refused:#}").contains("shutting_down"),
+        "refusal: {refused:#}"
+    );
     let mut times = Vec::with_capacity(STREAMS);
     for t in tasks {
         let told = t.await??;
