@@ -80,6 +80,12 @@ def not_applicable(name, server):
     return (name, server) in NOT_APPLICABLE
 
 
+def short_rate(rep):
+    """The server published under 90 % of the offered rate: its latency is for a lighter load."""
+    target = rep.get("rate_target") or 0
+    return target > 0 and (rep.get("publish_rate") or 0) < 0.9 * target
+
+
 def problems(row):
     """Why a run is not clean, as short strings (empty when it is)."""
     out = []
@@ -103,6 +109,8 @@ def problems(row):
     ]:
         if rep.get(key, 0):
             out.append(f"{label} {rep[key]}")
+    if short_rate(rep):
+        out.append(f"published {rep.get('publish_rate', 0):.1f}/s of {rep['rate_target']:g}/s offered")
     return out
 
 
@@ -176,6 +184,8 @@ def main():
                     ratio = "= (both 0)" if h == 0 else "∞"
                 else:
                     ratio = f"{h / n:.2f}×"
+                    if any(short_rate(rep) for s_ in ("herald", peer) for rep in per[s_][1]):
+                        ratio += " (unequal load)"
                 ratio_cells.append(ratio)
             note = "; ".join(notes) if i == 0 else ""
             print(

@@ -221,6 +221,11 @@ impl Report {
                 self.published, self.duration_s, self.publish_rate, self.rate_target,
                 self.publish_errors, self.publish_ms.p50, self.publish_ms.p99
             );
+            if self.rate_target > 0.0 && self.publish_rate < 0.9 * self.rate_target {
+                println!(
+                    "  note          the server took under 90 % of the offered rate: its latency is for a lighter load than asked, not comparable with a server that took it all"
+                );
+            }
         }
         if self.expected_deliveries > 0 {
             println!(
