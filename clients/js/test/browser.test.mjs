@@ -4,7 +4,9 @@
 //   * a page on another origin (CORS) follows two channels over one EventSource;
 //   * `herald serve` is SIGKILLed and restarted on the same port and data dir; messages
 //     published while the browser is disconnected reach it after EventSource's own automatic
-//     reconnect (Last-Event-ID), with no gaps, no duplicates and in order on every channel.
+//     reconnect (Last-Event-ID), with no gaps, no duplicates and in order on every channel;
+//   * a page cannot move a user's ack with the cookie token through a simple (no-cors)
+//     request, while the app's own JSON ack with the same cookie is taken (CSRF).
 //
 // Environment:
 //   HERALD_BIN      herald binary (default ../../target/debug/herald relative to clients/js)
@@ -432,5 +434,60 @@ test('plain EventSource follows two channels across a herald SIGKILL + restart, 
   } catch (e) {
     await dumpDiagnostics(herald, page).catch((err) => process.stderr.write(`diagnostics failed: ${err.message}\n`));
     throw e;
+  }
+});
+
+// ---------------------------------------------------------------------------------------------
+
+test('a page cannot move a user\'s ack with the cookie through a simple (no-cors) request', { timeout: 60_000 }, async () => {
+  const tmp = await mkdtemp(path.join(os.tmpdir(), 'herald-csrf-'));
+  const pageServer = await startPageServer();
+  const pageOrigin = `http://127.0.0.1:${pageServer.address().port}`;
+  // The page's origin is listed (a real app of the user's): the cookie travels with its
+  // requests, so only the request's shape can tell a forged one from the app's own.
+  const herald = await startHerald({ port: 0, dataDir: path.join(tmp, 'data'), corsOrigin: pageOrigin, name: 'herald-csrf' });
+  let browser = null;
+  try {
+    let last = null;
+    for (let i = 0; i < 3; i++) last = await publish(herald.base, 'live:k', { n: i });
+    const token = signToken({ sub: 'bob', channels: ['live:*'], exp: Math.floor(Date.now() / 1000) + 600 }, JWT_SECRET);
+    const recorded = async () => {
+      const r = await fetch(`${herald.base}/v1/channels/live:k/acks`, { headers: { authorization: `Bearer ${API_KEY}` } });
+      assert.equal(r.status, 200);
+      return (await r.json()).acks;
+    };
+
+    browser = await withTimeout(
+      chromium.launch({ executablePath: CHROMIUM, headless: true, args: ['--no-sandbox', '--disable-gpu', '--no-first-run'] }),
+      30_000,
+      'chromium.launch',
+    );
+    const context = await browser.newContext();
+    await context.addCookies([{ name: 'herald_token', value: token, url: herald.base }]);
+    const page = await context.newPage();
+    await page.goto(`${pageOrigin}/blank`, { timeout: 15_000 });
+    const body = (seq) => JSON.stringify({ channel: 'live:k', epoch: last.epoch, seq });
+
+    // The forgery: a simple request needs no preflight, so the browser sends it with the cookie.
+    await page.evaluate(
+      ([url, b]) => fetch(url, { method: 'POST', mode: 'no-cors', credentials: 'include', headers: { 'content-type': 'text/plain' }, body: b }).then(() => null),
+      [`${herald.base}/v1/ack`, body(3)],
+    );
+    assert.deepEqual(await recorded(), [], 'the forged ack was refused');
+
+    // The app's own ack (JSON, so preflighted, from a listed origin) carries the same cookie and is taken.
+    const status = await page.evaluate(
+      ([url, b]) => fetch(url, { method: 'POST', credentials: 'include', headers: { 'content-type': 'application/json' }, body: b }).then((r) => r.status),
+      [`${herald.base}/v1/ack`, body(2)],
+    );
+    assert.equal(status, 200, 'the app\'s own ack');
+    const after = await recorded();
+    assert.deepEqual(after.map((a) => [a.user, a.seq]), [['bob', 2]], 'the cookie did travel: the JSON ack was recorded');
+  } finally {
+    if (browser) await withTimeout(browser.close(), 10_000, 'browser.close').catch(() => browser.process?.()?.kill('SIGKILL'));
+    await herald.kill().catch(() => {});
+    pageServer.closeAllConnections?.();
+    await new Promise((r) => pageServer.close(() => r()));
+    await rm(tmp, { recursive: true, force: true });
   }
 });

@@ -113,6 +113,12 @@ impl Auth {
     }
 }
 
+/// Whether the subscriber credential of this request is the `herald_token` cookie (the one
+/// a browser attaches by itself, also to requests another site makes it send).
+pub fn credential_is_cookie(headers: &HeaderMap, query_token: Option<&str>) -> bool {
+    query_token.is_none() && bearer(headers).is_none() && cookie(headers, "herald_token").is_some()
+}
+
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let v = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, rest) = v.split_once(' ')?;

@@ -65,6 +65,45 @@ struct AcksResponse {
     next_after_user: Option<String>,
 }
 
+/// An ack carried by the cookie is taken only as a browser sends it for a page of an origin
+/// allowed to act for the user (listed in `HERALD_CORS_ORIGINS`, or this server's own),
+/// with a JSON body: a form or a `no-cors` fetch from any other site (cross-site request
+/// forgery) would otherwise move the user's ack and skip their inbox. JSON is what makes
+/// the browser ask first (a preflight), which other origins fail.
+fn refuse_cross_site(state: &State, headers: &http::HeaderMap) -> Result<(), ApiError> {
+    let json = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Err(ApiError::new(
+            415,
+            "unsupported_media_type",
+            "an ack made with the cookie token must be sent as application/json",
+        ));
+    }
+    let Some(origin) = headers.get(http::header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or("");
+    let host = headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let same_origin = origin
+        .split_once("://")
+        .is_some_and(|(_, rest)| !host.is_empty() && rest.eq_ignore_ascii_case(host));
+    if same_origin || state.cors.listed(origin) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        403,
+        "origin_not_allowed",
+        "acks with the cookie token are taken from this server's own pages and from origins in HERALD_CORS_ORIGINS only",
+    ))
+}
+
 pub fn is_acks_path(path: &str) -> bool {
     channel_path(path, "/acks").is_some()
 }
@@ -78,6 +117,9 @@ pub async fn post(
         .find(|(k, _)| k == "token")
         .map(|(_, v)| v);
     let subscriber = state.auth.subscriber(req.headers(), token.as_deref())?;
+    if crate::auth::credential_is_cookie(req.headers(), token.as_deref()) {
+        refuse_cross_site(state, req.headers())?;
+    }
     let user = subscriber
         .user()
         .ok_or_else(|| {

@@ -21,31 +21,50 @@ impl Cors {
     }
 
     pub fn allows(&self, origin: &str) -> bool {
-        self.any || self.origins.iter().any(|o| o == origin)
+        self.any || self.listed(origin)
     }
 
-    /// The CORS headers for a request from `origin`: none unless the origin is allowed. The
-    /// origin is echoed (never `*`) because credentials are allowed.
+    /// Whether pages on `origin` may act with the user's cookie: only origins named in the
+    /// list. `*` lets any page read what its own token (`?token=`, `Authorization`) allows,
+    /// never with the cookie, or any site could read a logged-in user's streams.
+    pub fn listed(&self, origin: &str) -> bool {
+        self.origins.iter().any(|o| o == origin)
+    }
+
+    /// The CORS headers for a request from `origin`: none unless the origin is allowed. A
+    /// listed origin is echoed with credentials allowed; any other origin under `*` gets
+    /// `*`, which browsers never combine with credentials.
     pub fn header_lines(&self, origin: Option<&HeaderValue>) -> Vec<(&'static str, HeaderValue)> {
         let Some(origin) = origin else {
             return Vec::new();
         };
-        let allowed = origin.to_str().is_ok_and(|o| self.allows(o));
-        if !allowed {
+        let Ok(name) = origin.to_str() else {
             return Vec::new();
+        };
+        let expose = (
+            "access-control-expose-headers",
+            HeaderValue::from_static("Retry-After"),
+        );
+        let vary = ("vary", HeaderValue::from_static("Origin"));
+        if self.listed(name) {
+            vec![
+                ("access-control-allow-origin", origin.clone()),
+                (
+                    "access-control-allow-credentials",
+                    HeaderValue::from_static("true"),
+                ),
+                expose,
+                vary,
+            ]
+        } else if self.any {
+            vec![
+                ("access-control-allow-origin", HeaderValue::from_static("*")),
+                expose,
+                vary,
+            ]
+        } else {
+            Vec::new()
         }
-        vec![
-            ("access-control-allow-origin", origin.clone()),
-            (
-                "access-control-allow-credentials",
-                HeaderValue::from_static("true"),
-            ),
-            (
-                "access-control-expose-headers",
-                HeaderValue::from_static("Retry-After"),
-            ),
-            ("vary", HeaderValue::from_static("Origin")),
-        ]
     }
 
     /// Adds the CORS headers for an allowed origin.
@@ -101,6 +120,27 @@ mod tests {
         assert_eq!(
             r.headers().get("access-control-allow-origin").unwrap(),
             "http://app.example"
+        );
+    }
+
+    #[test]
+    fn any_origin_never_gets_credentials() {
+        let c = Cors::new(&["*".to_owned(), "http://app.example".to_owned()]);
+        let evil = c.header_lines(Some(&HeaderValue::from_static("http://evil.example")));
+        let get = |lines: &[(&str, HeaderValue)], k: &str| {
+            lines.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone())
+        };
+        assert_eq!(get(&evil, "access-control-allow-origin").unwrap(), "*");
+        assert!(get(&evil, "access-control-allow-credentials").is_none());
+        assert!(!c.listed("http://evil.example") && c.allows("http://evil.example"));
+        let app = c.header_lines(Some(&HeaderValue::from_static("http://app.example")));
+        assert_eq!(
+            get(&app, "access-control-allow-origin").unwrap(),
+            "http://app.example"
+        );
+        assert_eq!(
+            get(&app, "access-control-allow-credentials").unwrap(),
+            "true"
         );
     }
 }

@@ -196,3 +196,84 @@ async fn bad_acks_are_refused_and_change_nothing() -> anyhow::Result<()> {
     assert_eq!(st.as_u16(), 401);
     Ok(())
 }
+
+/// What a forged request from another site looks like: the browser attaches the cookie and
+/// the page's origin, and sends a body it need not ask about first (`text/plain`).
+async fn cookie_ack(
+    server: &Server,
+    cookie_token: &str,
+    origin: Option<&str>,
+    content_type: &str,
+    body: &Value,
+) -> anyhow::Result<(u16, Value)> {
+    let mut req = reqwest::Client::new()
+        .post(server.url("/v1/ack"))
+        .header("cookie", format!("herald_token={cookie_token}"))
+        .header("content-type", content_type)
+        .body(body.to_string());
+    if let Some(o) = origin {
+        req = req.header("origin", o);
+    }
+    let resp = req.send().await?;
+    let status = resp.status().as_u16();
+    Ok((status, resp.json().await?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cookie_ack_from_another_site_is_refused() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(
+        dir.path(),
+        &Opts::default().env("HERALD_CORS_ORIGINS", "*,http://app.example"),
+    )?;
+    let publisher = server.publisher();
+    publish_n(&publisher, "live:x", 3).await?;
+    let epoch = publisher.history("live:x", 0, 1).await?.epoch;
+    let bob = token("bob", &["live:*"]);
+    let body = json!({"channel":"live:x","epoch":epoch,"seq":3});
+    let own = format!("http://127.0.0.1:{}", server.port);
+    let refused = [
+        // A form or no-cors fetch from any site: a simple content type, its own origin.
+        (
+            Some("http://evil.example"),
+            "text/plain",
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            None,
+            "application/x-www-form-urlencoded",
+            415,
+            "unsupported_media_type",
+        ),
+        // JSON from a site not listed (`*` does not count for the cookie).
+        (
+            Some("http://evil.example"),
+            "application/json",
+            403,
+            "origin_not_allowed",
+        ),
+        (Some("null"), "application/json", 403, "origin_not_allowed"),
+    ];
+    for (origin, ct, status, want) in refused {
+        let (st, resp) = cookie_ack(&server, &bob, origin, ct, &body).await?;
+        assert_eq!((st, code(&resp)), (status, want), "{origin:?} {ct}: {resp}");
+    }
+    let listed: Value = reqwest::Client::new()
+        .get(server.url("/v1/channels/live:x/acks"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(listed["acks"], json!([]), "nothing recorded: {listed}");
+    // The server's own pages, a listed origin, and a bearer token from anywhere are taken.
+    for (origin, seq) in [(own.as_str(), 1), ("http://app.example", 2)] {
+        let body = json!({"channel":"live:x","epoch":epoch,"seq":seq});
+        let (st, resp) = cookie_ack(&server, &bob, Some(origin), "application/json", &body).await?;
+        assert_eq!(st, 200, "{origin}: {resp}");
+    }
+    let (st, resp) = ack(&server, Some(&bob), body.clone()).await?;
+    assert_eq!((st, resp["seq"].as_u64()), (200, Some(3)), "{resp}");
+    Ok(())
+}

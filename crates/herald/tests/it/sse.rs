@@ -338,6 +338,22 @@ async fn cors_allows_listed_origin_only() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_any_origin_reads_without_the_cookie() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(dir.path(), &Opts::default().env("HERALD_CORS_ORIGINS", "*"))?;
+    // Any page may read what its own token allows, but never with credentials: a browser
+    // refuses a credentialed read answered with `*`, so the cookie cannot be used across sites.
+    let url = server.url(&format!(
+        "/v1/sse?channel=live:c&token={}",
+        token("u", &["live:*"])
+    ));
+    let (headers, _) = raw_stream(&url, &[("origin", "http://evil.example")], "retry:").await?;
+    assert_eq!(headers["access-control-allow-origin"], "*");
+    assert!(!headers.contains_key("access-control-allow-credentials"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_limit_answers_503() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = Server::start(
