@@ -33,6 +33,9 @@ pub enum DecodeError {
     Overflow(&'static str),
     #[error("the {0} is not UTF-8")]
     Utf8(&'static str),
+    /// What no publish could have produced: the payload did not come from a dispatcher.
+    #[error("the {0} is not what a dispatcher sends: {1}")]
+    Invalid(&'static str, String),
 }
 
 /// Encodes everything of `m` but its channel.
@@ -76,7 +79,17 @@ pub fn decode(channel: Arc<str>, payload: Bytes) -> Result<FabricMessage, Decode
         0 => None,
         n => Some(r.str(n - 1, "conflation key")?),
     };
+    // Every field goes to subscribers as SSE lines: a name or payload that could break a
+    // line (a forged message on the fabric) is refused here, as the publish path refuses it.
+    herald_proto::validate_event_name(event)
+        .map_err(|e| DecodeError::Invalid("event", e.to_string()))?;
     let data = payload.slice(r.pos..);
+    if data.iter().any(|&b| b == b'\n' || b == b'\r') {
+        return Err(DecodeError::Invalid(
+            "data",
+            "a line break (published data is one line of JSON)".into(),
+        ));
+    }
     Ok(FabricMessage {
         channel,
         epoch,
@@ -216,6 +229,26 @@ mod tests {
     }
 
     #[test]
+    fn refuses_what_would_break_sse_lines() {
+        for (event, data, what) in [
+            ("x\nevent: herald:reset", "{}", "event"),
+            ("herald:reset", "{}", "event"),
+            ("", "{}", "event"),
+            ("message", "{}\ndata: forged", "data"),
+            ("message", "{}\r", "data"),
+        ] {
+            let mut m = msg();
+            m.event = Arc::from(event);
+            m.data = Bytes::from(data);
+            let got = decode(m.channel.clone(), encode(&m));
+            assert!(
+                matches!(got, Err(DecodeError::Invalid(w, _)) if w == what),
+                "{event:?} {data:?}: {got:?}"
+            );
+        }
+    }
+
+    #[test]
     fn u64_max_round_trips() {
         let mut m = msg();
         m.epoch = u64::MAX;
@@ -244,10 +277,11 @@ mod tests {
             epoch in any::<u64>(),
             seq in any::<u64>(),
             ts_ms in any::<u64>(),
-            event in "\\PC{0,40}",
+            event in "[A-Za-z0-9_.:-]{1,40}",
             key in proptest::option::of("\\PC{0,40}"),
-            data in proptest::collection::vec(any::<u8>(), 0..256),
+            data in proptest::collection::vec(any::<u8>().prop_filter("one line", |b| *b != b'\n' && *b != b'\r'), 0..256),
         ) {
+            prop_assume!(!event.starts_with("herald:"));
             let m = FabricMessage {
                 channel: Arc::from("live:x"),
                 epoch,
