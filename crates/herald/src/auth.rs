@@ -69,9 +69,10 @@ impl Auth {
         }
     }
 
-    /// Whether the request carries a publisher key that checks out (history accepts either).
-    pub fn is_publisher(&self, headers: &HeaderMap) -> bool {
-        bearer(headers).and_then(|k| self.key_name(k)).is_some()
+    /// The name of the publisher key the request carries, if one checks out (history
+    /// accepts a publisher key or a subscriber token).
+    pub fn publisher_name(&self, headers: &HeaderMap) -> Option<&str> {
+        bearer(headers).and_then(|k| self.key_name(k))
     }
 
     /// The subscriber, from `?token=`, `Authorization: Bearer` or the `herald_token` cookie.

@@ -205,10 +205,11 @@ pub async fn list(
     state: &Arc<State>,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, ApiError> {
-    state.auth.publisher(req.headers())?;
+    let publisher = state.auth.publisher(req.headers())?;
     let raw = channel_path(req.uri().path(), "/acks")
         .ok_or_else(|| ApiError::new(404, "not_found", "no such route"))?;
     let channel = decode_channel(raw)?;
+    state.publisher_may_read(&publisher, &channel)?;
     let mut after_user = String::new();
     let mut limit = DEFAULT_LIMIT;
     for (k, v) in query_pairs(&req) {

@@ -58,7 +58,9 @@ pub async fn handle(
             _ => {}
         }
     }
-    if !state.auth.is_publisher(req.headers()) {
+    if let Some(publisher) = state.auth.publisher_name(req.headers()) {
+        state.publisher_may_read(publisher, &channel)?;
+    } else {
         let sub = state.auth.subscriber(req.headers(), token.as_deref())?;
         if !sub.may_read(&channel) {
             return Err(ApiError::new(

@@ -54,6 +54,8 @@ pub struct State {
     pub shutting_down: AtomicBool,
     pub max_batch: usize,
     pub admission: admission::Admission,
+    /// Namespace settings: which publisher keys may read a namespace's history and acks.
+    pub policies: herald_dispatcher::Policies,
 }
 
 impl State {
@@ -82,7 +84,23 @@ impl State {
             shutting_down: AtomicBool::new(false),
             max_batch: config.max_batch,
             admission: admission::Admission::new(&config.limits),
+            policies: config.dispatcher.policies.clone(),
         })
+    }
+
+    /// A publisher key reads a channel's history and acks only where it may publish.
+    pub fn publisher_may_read(&self, publisher: &str, channel: &str) -> Result<(), ApiError> {
+        if self.policies.for_channel(channel).may_publish(publisher) {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            403,
+            "publisher_not_allowed",
+            format!(
+                "this API key may not read namespace '{}'",
+                herald_proto::namespace_of(channel)
+            ),
+        ))
     }
 
     pub fn node(&self) -> Result<&Arc<Node>, ApiError> {

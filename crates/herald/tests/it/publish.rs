@@ -116,6 +116,20 @@ async fn namespace_policies_apply() -> anyhow::Result<()> {
     );
     let billing = Client::new(&server.base).with_api_key("billing-key-123");
     assert_eq!(billing.publish(&msg("billing:1", 1)).await?.seq, Some(1));
+    // A key reads only the namespaces it may publish to: history and acks alike.
+    let err = p.history("billing:1", 0, 10).await.expect_err("refused");
+    assert_eq!(
+        (err.status(), err.code()),
+        (Some(403), Some("publisher_not_allowed"))
+    );
+    let acks = reqwest::Client::new()
+        .get(server.url("/v1/channels/billing:1/acks"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await?;
+    assert_eq!(acks.status(), 403);
+    assert_eq!(billing.history("billing:1", 0, 10).await?.messages.len(), 1);
+    assert!(p.history("tiny:1", 0, 10).await.is_ok());
     Ok(())
 }
 
