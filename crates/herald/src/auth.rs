@@ -5,9 +5,13 @@ use crate::config::{ApiKey, Secret};
 use crate::server::error::ApiError;
 use herald_proto::{Claims, TokenError};
 use http::HeaderMap;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 pub struct Auth {
     keys: Vec<ApiKey>,
+    /// SHA-256 of each key, in `keys` order: keys are compared as digests of one length.
+    digests: Vec<[u8; 32]>,
     secret: Option<Secret>,
     dev: bool,
 }
@@ -37,15 +41,23 @@ impl Subscriber {
 
 impl Auth {
     pub fn new(keys: Vec<ApiKey>, secret: Option<Secret>, dev: bool) -> Self {
-        Self { keys, secret, dev }
+        let digests = keys.iter().map(|k| digest(k.key.as_bytes())).collect();
+        Self {
+            keys,
+            digests,
+            secret,
+            dev,
+        }
     }
 
     fn key_name(&self, presented: &str) -> Option<&str> {
-        // Compare against every key without stopping early, so timing says nothing about
-        // which key (or how much of one) matched.
+        // Compare digests (one length, whatever the key's) against every key without
+        // stopping early, in constant time: timing says nothing about which key matched,
+        // how much of one, or how long the keys are.
+        let presented = digest(presented.as_bytes());
         let mut found = None;
-        for k in &self.keys {
-            if constant_time_eq(k.key.as_bytes(), presented.as_bytes()) {
+        for (k, d) in self.keys.iter().zip(&self.digests) {
+            if bool::from(d.ct_eq(&presented)) {
                 found = Some(k.name.as_str());
             }
         }
@@ -140,11 +152,8 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
 }
 
 pub fn now_secs() -> u64 {
@@ -178,8 +187,14 @@ mod tests {
         );
         let ok = headers(&[("authorization", "Bearer k-123456789")]);
         assert_eq!(a.publisher(&ok).unwrap(), "billing");
-        let bad = headers(&[("authorization", "Bearer nope-nope")]);
-        assert_eq!(a.publisher(&bad).unwrap_err().code, "invalid_api_key");
+        for wrong in ["nope-nope", "k-12345678", "k-1234567890", "K-123456789"] {
+            let bad = headers(&[("authorization", &format!("Bearer {wrong}"))]);
+            assert_eq!(
+                a.publisher(&bad).unwrap_err().code,
+                "invalid_api_key",
+                "{wrong}"
+            );
+        }
         assert_eq!(
             a.publisher(&HeaderMap::new()).unwrap_err().code,
             "missing_api_key"
