@@ -440,9 +440,14 @@ fn slow_policies(
     Ok(out)
 }
 
+/// The namespaces' settings. `[namespaces.default]` comes first, so every other namespace
+/// inherits what it leaves unset from it (or from its built-in settings, for `user`),
+/// whatever order the file lists them in.
 fn policies(entries: &HashMap<String, NamespaceEntry>) -> anyhow::Result<Policies> {
     let mut out = Policies::default();
-    for (name, e) in entries {
+    let mut ordered: Vec<(&String, &NamespaceEntry)> = entries.iter().collect();
+    ordered.sort_by_key(|(name, _)| (name.as_str() != "default", name.as_str()));
+    for (name, e) in ordered {
         let base = if name == "default" {
             out.default.clone()
         } else {
@@ -486,6 +491,22 @@ mod tests {
         assert_eq!(keys[0].key, "secret-one");
         assert_eq!(keys[1].name, "default");
         assert!(parse_api_keys("short").is_err());
+    }
+
+    #[test]
+    fn every_namespace_inherits_the_configured_default() {
+        let mut text = String::from("[namespaces.default]\nretention_count = 5\n");
+        for i in 0..20 {
+            text.push_str(&format!("[namespaces.n{i}]\nephemeral_only = true\n"));
+        }
+        let f: FileConfig = toml::from_str(&text).unwrap();
+        let p = policies(&f.namespaces).unwrap();
+        for i in 0..20 {
+            let ns = p.for_channel(&format!("n{i}:x"));
+            assert_eq!(ns.retention.max_count, 5, "n{i}");
+            assert!(ns.ephemeral_only);
+        }
+        assert_eq!(p.for_channel("other:x").retention.max_count, 5);
     }
 
     #[test]
