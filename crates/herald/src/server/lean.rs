@@ -37,9 +37,26 @@ pub enum First {
 pub async fn first_request(state: &Arc<State>, stream: TcpStream) -> First {
     let mut buf = BytesMut::with_capacity(1024);
     let read = tokio::time::timeout(HEAD_TIMEOUT, read_head(&stream, &mut buf)).await;
-    if !matches!(read, Ok(Ok(true))) {
-        // Timed out, closed, or too large: hyper answers what it can of it.
-        return First::Hyper(stream, buf.freeze());
+    match read {
+        Ok(Ok(true)) => {}
+        // Too large: hyper answers it (431).
+        Ok(Ok(false)) if buf.len() >= MAX_HEAD => return First::Hyper(stream, buf.freeze()),
+        // Closed, or the socket failed: nobody to answer.
+        Ok(Ok(false)) | Ok(Err(_)) => return First::Done,
+        // A head that never ends (a client dribbling bytes) ends here, not with more time
+        // under hyper.
+        Err(_) => {
+            let e = ApiError::new(
+                408,
+                "request_timeout",
+                format!(
+                    "the request head did not arrive within {} s",
+                    HEAD_TIMEOUT.as_secs()
+                ),
+            );
+            write_error(&stream, &e, &[]).await;
+            return First::Done;
+        }
     }
     let Some(req) = parse_stream_request(&buf) else {
         return First::Hyper(stream, buf.freeze());
@@ -162,10 +179,14 @@ fn parse_stream_request(buf: &[u8]) -> Option<StreamRequest> {
 
 /// Reads until the end of the request head; false if the peer closed or the head is too big.
 async fn read_head(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<bool> {
+    // Where the search for the blank line resumes: each byte is looked at about once, so a
+    // client sending its head a byte at a time costs linear work, not quadratic.
+    let mut scanned = 0;
     loop {
-        if memchr_head_end(buf) {
+        if head_end_after(buf, scanned) {
             return Ok(true);
         }
+        scanned = buf.len().saturating_sub(3);
         if buf.len() >= MAX_HEAD {
             return Ok(false);
         }
@@ -180,8 +201,10 @@ async fn read_head(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<bool> {
     }
 }
 
-fn memchr_head_end(buf: &[u8]) -> bool {
-    buf.windows(4).any(|w| w == b"\r\n\r\n")
+/// Whether `buf` holds the blank line that ends a request head at or after `from`.
+fn head_end_after(buf: &[u8], from: usize) -> bool {
+    buf.get(from..)
+        .is_some_and(|rest| rest.windows(4).any(|w| w == b"\r\n\r\n"))
 }
 
 async fn write_all(stream: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
@@ -258,5 +281,31 @@ impl AsyncWrite for Rewind {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::head_end_after;
+
+    #[test]
+    fn the_head_end_is_found_across_reads_without_rescanning() {
+        let head = b"GET /v1/sse?channel=a HTTP/1.1\r\nhost: x\r\n\r\n";
+        // Fed a byte at a time, resuming 3 bytes before the previous end as read_head does.
+        let mut scanned = 0;
+        let mut found_at = None;
+        for n in 1..=head.len() {
+            if head_end_after(&head[..n], scanned) {
+                found_at = Some(n);
+                break;
+            }
+            scanned = n.saturating_sub(3);
+        }
+        assert_eq!(found_at, Some(head.len()));
+        assert!(!head_end_after(b"GET / HTTP/1.1\r\nhost: x\r\n", 0));
+        assert!(
+            !head_end_after(b"\r\n\r\n", 1),
+            "only from the resume point"
+        );
     }
 }
