@@ -72,6 +72,10 @@ pub struct ServeArgs {
     /// seconds, so connections spread over the nodes again after scale-out (default: never).
     #[arg(long, env = "HERALD_MAX_CONN_LIFETIME_SECS")]
     pub max_conn_lifetime_secs: Option<u64>,
+    /// Seconds a client has to send a request head (a slow or stalled client past it gets
+    /// 408 `request_timeout` and is closed); default 30.
+    #[arg(long, env = "HERALD_HEAD_TIMEOUT_SECS")]
+    pub head_timeout_secs: Option<u64>,
     /// New streams a second this process accepts (a flash crowd or reconnect storm beyond it
     /// gets 503 `overloaded` with Retry-After); 0 = no limit.
     #[arg(long, env = "HERALD_MAX_STREAM_OPENS_PER_SEC")]
@@ -110,6 +114,7 @@ pub struct FileConfig {
     pub shutdown_timeout_secs: Option<u64>,
     pub drain_secs: Option<u64>,
     pub max_conn_lifetime_secs: Option<u64>,
+    pub head_timeout_secs: Option<u64>,
     pub max_stream_opens_per_sec: Option<u32>,
     pub max_conns_per_ip: Option<u32>,
     /// `[namespaces.<name>]`; `[namespaces.default]` changes the fallback.
@@ -173,6 +178,8 @@ pub struct Config {
     pub dispatcher: herald_dispatcher::DispatcherConfig,
     pub max_batch: usize,
     pub shutdown_timeout: Duration,
+    /// How long a connection's request head may take to arrive.
+    pub head_timeout: Duration,
     /// `HERALD_DRAIN_SECS` if given; each role has its own default.
     pub drain: Option<Duration>,
     pub limits: crate::server::admission::Limits,
@@ -324,6 +331,12 @@ impl Config {
             dispatcher,
             max_batch: file.max_batch.unwrap_or(1000).max(1),
             shutdown_timeout: Duration::from_secs(file.shutdown_timeout_secs.unwrap_or(10)),
+            head_timeout: Duration::from_secs(
+                args.head_timeout_secs
+                    .or(file.head_timeout_secs)
+                    .unwrap_or(30)
+                    .max(1),
+            ),
             drain: args.drain_secs.or(file.drain_secs).map(Duration::from_secs),
             limits,
         })

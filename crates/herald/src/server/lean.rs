@@ -19,7 +19,6 @@ use tokio::net::TcpStream;
 
 /// Longest request head read before handing the connection to hyper (which refuses it).
 const MAX_HEAD: usize = 64 * 1024;
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Headers parsed here; more and hyper decides.
 const PARSE_HEADERS: usize = 128;
 
@@ -36,7 +35,7 @@ pub enum First {
 /// Reads the first request head; answers a refused stream request itself.
 pub async fn first_request(state: &Arc<State>, stream: TcpStream) -> First {
     let mut buf = BytesMut::with_capacity(1024);
-    let read = tokio::time::timeout(HEAD_TIMEOUT, read_head(&stream, &mut buf)).await;
+    let read = tokio::time::timeout(state.head_timeout, read_head(&stream, &mut buf)).await;
     match read {
         Ok(Ok(true)) => {}
         // Too large: hyper answers it (431).
@@ -51,7 +50,7 @@ pub async fn first_request(state: &Arc<State>, stream: TcpStream) -> First {
                 "request_timeout",
                 format!(
                     "the request head did not arrive within {} s",
-                    HEAD_TIMEOUT.as_secs()
+                    state.head_timeout.as_secs()
                 ),
             );
             write_error(&stream, &e, &[]).await;

@@ -56,6 +56,8 @@ pub struct State {
     pub admission: admission::Admission,
     /// Namespace settings: which publisher keys may read a namespace's history and acks.
     pub policies: herald_dispatcher::Policies,
+    /// How long a request head may take to arrive.
+    pub head_timeout: Duration,
 }
 
 impl State {
@@ -85,6 +87,7 @@ impl State {
             max_batch: config.max_batch,
             admission: admission::Admission::new(&config.limits),
             policies: config.dispatcher.policies.clone(),
+            head_timeout: config.head_timeout,
         })
     }
 
@@ -235,6 +238,7 @@ async fn hyper_connection(
 ) {
     let kill = Arc::new(Notify::new());
     let svc_kill = kill.clone();
+    let head_timeout = state.head_timeout;
     let svc = service_fn(move |req| {
         let state = state.clone();
         let kill = svc_kill.clone();
@@ -243,7 +247,7 @@ async fn hyper_connection(
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
+        .header_read_timeout(head_timeout)
         .max_buf_size(MAX_HEADER_BUF)
         .max_headers(HYPER_MAX_HEADERS);
     let conn = builder.serve_connection(TokioIo::new(lean::Rewind::new(prefix, stream)), svc);

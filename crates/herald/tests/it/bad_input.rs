@@ -3,6 +3,7 @@
 use crate::common::*;
 use herald_proto::{Cursor, Position};
 use reqwest::Method;
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Case {
@@ -409,6 +410,82 @@ async fn header_floods_are_refused_and_the_server_survives() -> anyhow::Result<(
     );
     let ok = reqwest::get(server.url("/healthz")).await?;
     assert_eq!(ok.status(), 200);
+    Ok(())
+}
+
+/// CPU seconds the process has used (user + system), from /proc.
+fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| -> anyhow::Result<f64> {
+        Ok(fields
+            .get(i)
+            .ok_or_else(|| anyhow::anyhow!("short /proc stat"))?
+            .parse::<f64>()?)
+    };
+    // utime and stime are fields 14 and 15 of stat; 11 and 12 after the `)`.
+    Ok((ticks(11)? + ticks(12)?) / 100.0)
+}
+
+/// Sends a request head a byte every `every` without ever ending it; returns what the server
+/// answered and when the connection closed.
+async fn dribble(port: u16, every: Duration) -> anyhow::Result<(String, Duration)> {
+    let started = std::time::Instant::now();
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(b"GET /v1/sse?channel=live:a HTTP/1.1\r\n")
+        .await?;
+    let (mut rd, mut wr) = s.split();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    let mut tick = tokio::time::interval(every);
+    let deadline = tokio::time::sleep(Duration::from_secs(10));
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut deadline => anyhow::bail!("still open after 10 s"),
+            n = rd.read(&mut buf) => match n {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            },
+            _ = tick.tick() => { let _ = wr.write_all(b"x").await; }
+        }
+    }
+    Ok((
+        String::from_utf8_lossy(&out).into_owned(),
+        started.elapsed(),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_header_flood_is_cut_off_at_the_head_timeout_cheaply() -> anyhow::Result<()> {
+    const CONNS: usize = 200;
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(
+        dir.path(),
+        &Opts::default().env("HERALD_HEAD_TIMEOUT_SECS", "1"),
+    )?;
+    let before = cpu_secs(server.pid())?;
+    let tasks: Vec<_> = (0..CONNS)
+        .map(|_| tokio::spawn(dribble(server.port, Duration::from_millis(5))))
+        .collect();
+    // The server keeps answering others meanwhile.
+    let ok = reqwest::get(server.url("/healthz")).await?;
+    assert_eq!(ok.status(), 200);
+    for t in tasks {
+        let (answer, took) = t.await??;
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("\"code\":\"request_timeout\""), "{answer}");
+        assert!(
+            took < Duration::from_secs(4),
+            "closed {took:?} after the first byte, timeout 1 s"
+        );
+    }
+    let used = cpu_secs(server.pid())? - before;
+    // 200 clients each sending ~200 single bytes: linear work is a few ms per client.
+    assert!(used < 1.0, "the flood cost the server {used:.2} CPU-s");
     Ok(())
 }
 
