@@ -57,6 +57,9 @@ pub struct NodeConfig {
     pub retry_jitter: Duration,
     pub max_connections: usize,
     pub max_channels_per_stream: usize,
+    /// Channels this node follows at most (each is a hub slot and a fabric subscription);
+    /// a stream that would add more is refused.
+    pub max_node_channels: usize,
     /// Messages read from the store per replay page.
     pub replay_page: usize,
     /// A channel without subscribers is forgotten after this long.
@@ -100,6 +103,7 @@ impl Default for NodeConfig {
             retry_jitter: Duration::from_millis(2000),
             max_connections: 100_000,
             max_channels_per_stream: 64,
+            max_node_channels: 1_000_000,
             replay_page: 512,
             channel_idle: Duration::from_secs(60),
             slow_policies: SlowPolicies::default(),
@@ -116,6 +120,8 @@ pub enum NodeError {
     TooManyConnections,
     #[error("too many channels in one stream (max {0})")]
     TooManyChannels(usize),
+    #[error("this node follows its maximum of {0} channels; try again later or another node")]
+    TooManyNodeChannels(usize),
     #[error("no channel given")]
     NoChannels,
     #[error("node is shutting down")]
@@ -218,6 +224,21 @@ impl Node {
         if channels.len() > self.config.max_channels_per_stream {
             return Err(NodeError::TooManyChannels(
                 self.config.max_channels_per_stream,
+            ));
+        }
+        // Channel names cost memory and a fabric subscription each, and a wildcard token
+        // lets a client name new ones at will: past the cap, only channels already followed.
+        let new_channels = channels
+            .iter()
+            .filter(|c| self.hub.get(c).is_none())
+            .count();
+        if new_channels > 0
+            && self.counters.channels.load(Relaxed) as usize + new_channels
+                > self.config.max_node_channels
+        {
+            Counters::bump(&self.counters.rejected_connections);
+            return Err(NodeError::TooManyNodeChannels(
+                self.config.max_node_channels,
             ));
         }
         let open = self.counters.connections.fetch_add(1, Relaxed);

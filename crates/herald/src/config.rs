@@ -76,6 +76,10 @@ pub struct ServeArgs {
     /// 408 `request_timeout` and is closed); default 30.
     #[arg(long, env = "HERALD_HEAD_TIMEOUT_SECS")]
     pub head_timeout_secs: Option<u64>,
+    /// Channels a node follows at most (a stream adding more gets 503
+    /// `too_many_node_channels`); default 1,000,000.
+    #[arg(long, env = "HERALD_MAX_NODE_CHANNELS")]
+    pub max_node_channels: Option<usize>,
     /// New streams a second this process accepts (a flash crowd or reconnect storm beyond it
     /// gets 503 `overloaded` with Retry-After); 0 = no limit.
     #[arg(long, env = "HERALD_MAX_STREAM_OPENS_PER_SEC")]
@@ -115,6 +119,7 @@ pub struct FileConfig {
     pub drain_secs: Option<u64>,
     pub max_conn_lifetime_secs: Option<u64>,
     pub head_timeout_secs: Option<u64>,
+    pub max_node_channels: Option<usize>,
     pub max_stream_opens_per_sec: Option<u32>,
     pub max_conns_per_ip: Option<u32>,
     /// `[namespaces.<name>]`; `[namespaces.default]` changes the fallback.
@@ -295,6 +300,9 @@ impl Config {
             .or(file.max_conn_lifetime_secs)
             .filter(|&v| v > 0)
             .map(Duration::from_secs);
+        if let Some(v) = args.max_node_channels.or(file.max_node_channels) {
+            node.max_node_channels = v.max(1);
+        }
         node.slow_policies = slow_policies(&file.namespaces)?;
         let mut dispatcher = herald_dispatcher::DispatcherConfig {
             policies: policies(&file.namespaces)?,

@@ -105,6 +105,9 @@ pub async fn prepare(
             NodeError::TooManyChannels(_) => {
                 ApiError::bad_request("too_many_channels", e.to_string())
             }
+            NodeError::TooManyNodeChannels(_) => {
+                ApiError::new(503, "too_many_node_channels", e.to_string())
+            }
             NodeError::NoChannels => ApiError::bad_request("missing_channel", e.to_string()),
             NodeError::Store(_) => ApiError::new(503, "store_unavailable", e.to_string()),
         })

@@ -387,6 +387,38 @@ async fn connection_limit_answers_503() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_follows_at_most_its_channel_cap() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(
+        dir.path(),
+        &Opts::default().env("HERALD_MAX_NODE_CHANNELS", "2"),
+    )?;
+    // A wildcard token may name channels at will; the node follows two at most.
+    let sc = server.subscriber(&["live:*"]);
+    let _a = sc.subscribe(&["live:a"], None).await?;
+    let _b = sc.subscribe(&["live:b", "live:a"], None).await?;
+    for channels in [&["live:c"][..], &["live:a", "live:c"][..]] {
+        let err = sc
+            .subscribe(channels, None)
+            .await
+            .expect_err("a stream adding a channel past the cap");
+        assert_eq!(
+            (err.status(), err.code()),
+            (Some(503), Some("too_many_node_channels")),
+            "{channels:?}"
+        );
+    }
+    assert_eq!(
+        server.metric("herald_channels").await?,
+        2.0,
+        "nothing added"
+    );
+    // Channels already followed still take streams.
+    let _c = sc.subscribe(&["live:a", "live:b"], None).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_reader_is_disconnected_and_resumes_from_its_cursor() -> anyhow::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir()?;
