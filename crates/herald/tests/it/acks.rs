@@ -17,6 +17,17 @@ async fn ack(server: &Server, token: Option<&str>, body: Value) -> anyhow::Resul
     Ok((status, resp.json().await?))
 }
 
+/// The acks list of `channel`, as the publisher sees it.
+async fn acks_of(server: &Server, channel: &str) -> anyhow::Result<Value> {
+    Ok(reqwest::Client::new()
+        .get(server.url(&format!("/v1/channels/{channel}/acks")))
+        .bearer_auth(API_KEY)
+        .send()
+        .await?
+        .json()
+        .await?)
+}
+
 fn code(v: &Value) -> &str {
     v["error"]["code"].as_str().unwrap_or("")
 }
@@ -92,13 +103,7 @@ async fn inbox_resumes_after_ack_on_every_device() -> anyhow::Result<()> {
     assert_eq!(got.iter().map(|e| pos(e).1).collect::<Vec<_>>(), vec![7, 8]);
 
     // The publisher sees who acked what.
-    let listed: Value = reqwest::Client::new()
-        .get(server.url("/v1/channels/user:ann/acks"))
-        .bearer_auth(API_KEY)
-        .send()
-        .await?
-        .json()
-        .await?;
+    let listed = acks_of(&server, "user:ann").await?;
     assert_eq!(listed["acks"][0]["user"], "ann", "{listed}");
     assert_eq!(listed["acks"][0]["seq"], 6, "{listed}");
     assert_eq!(listed["last_seq"], 8, "{listed}");
@@ -178,13 +183,7 @@ async fn bad_acks_are_refused_and_change_nothing() -> anyhow::Result<()> {
         let (st, resp) = ack(&server, tok, body.clone()).await?;
         assert_eq!((st, code(&resp)), (status, want), "ack {body}: {resp}");
     }
-    let listed: Value = reqwest::Client::new()
-        .get(server.url("/v1/channels/live:x/acks"))
-        .bearer_auth(API_KEY)
-        .send()
-        .await?
-        .json()
-        .await?;
+    let listed = acks_of(&server, "live:x").await?;
     assert_eq!(listed["acks"], json!([]), "nothing recorded: {listed}");
     // Listing acks is for publishers.
     let st = reqwest::Client::new()
@@ -259,13 +258,7 @@ async fn a_cookie_ack_from_another_site_is_refused() -> anyhow::Result<()> {
         let (st, resp) = cookie_ack(&server, &bob, origin, ct, &body).await?;
         assert_eq!((st, code(&resp)), (status, want), "{origin:?} {ct}: {resp}");
     }
-    let listed: Value = reqwest::Client::new()
-        .get(server.url("/v1/channels/live:x/acks"))
-        .bearer_auth(API_KEY)
-        .send()
-        .await?
-        .json()
-        .await?;
+    let listed = acks_of(&server, "live:x").await?;
     assert_eq!(listed["acks"], json!([]), "nothing recorded: {listed}");
     // The server's own pages, a listed origin, and a bearer token from anywhere are taken.
     for (origin, seq) in [(own.as_str(), 1), ("http://app.example", 2)] {
