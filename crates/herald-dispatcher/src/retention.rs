@@ -33,12 +33,15 @@ pub(crate) struct Written {
 }
 
 impl Written {
-    pub fn note(&self, channel: &str, seq: u64) {
+    /// Notes the channels of one commit with their last seq, under one lock.
+    pub fn note<'a>(&self, written: impl IntoIterator<Item = (&'a str, u64)>) {
         let mut map = self.channels.lock();
-        if let Some(last) = map.get_mut(channel) {
-            *last = (*last).max(seq);
-        } else if map.len() < MAX_WRITTEN {
-            map.insert(channel.to_owned(), seq);
+        for (channel, seq) in written {
+            if let Some(last) = map.get_mut(channel) {
+                *last = (*last).max(seq);
+            } else if map.len() < MAX_WRITTEN {
+                map.insert(channel.to_owned(), seq);
+            }
         }
     }
 
@@ -196,9 +199,8 @@ mod tests {
     #[test]
     fn written_keeps_the_last_seq_and_empties_when_taken() {
         let w = Written::default();
-        w.note("live:a", 3);
-        w.note("live:a", 2);
-        w.note("live:b", 1);
+        w.note([("live:a", 3), ("live:a", 2)]);
+        w.note([("live:b", 1)]);
         let taken = w.take();
         assert_eq!(taken.get("live:a"), Some(&3));
         assert_eq!(taken.len(), 2);

@@ -349,9 +349,7 @@ impl Sequencer {
             }
         }
         self.counters.add_reliable(messages.len() as u64);
-        for (c, seq) in last {
-            self.written.note(c, seq);
-        }
+        self.written.note(last);
         if !messages.is_empty() {
             if let Err(e) = self.fabric.publish(messages).await {
                 tracing::warn!(error = %e, "fabric publish failed; nodes repair from the store");

@@ -190,10 +190,10 @@ async fn join_channel(node: &Node, queue: &Arc<ConnQueue>, j: &Join) -> Result<(
                 reset(node, queue, j, head, ResetReason::Retention);
             }
             let msg = Message::from_stored(j.slot.channel.clone(), m);
-            if recent.len() >= node.config.ring_cap {
-                recent.pop_front();
-            }
             if node.config.ring_cap > 0 {
+                if recent.len() == node.config.ring_cap {
+                    recent.pop_front();
+                }
                 recent.push_back(msg.clone());
             }
             if !queue.push_wait(Item::Reliable(msg, j.idx)).await {

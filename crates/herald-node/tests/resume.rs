@@ -18,6 +18,11 @@ use tokio::sync::{mpsc, Notify};
 const WAIT: Duration = Duration::from_secs(5);
 const CROWD: u64 = 50;
 
+/// A position in the test epoch.
+fn at(seq: u64) -> Position {
+    Position { epoch: EPOCH, seq }
+}
+
 async fn resume(node: &Arc<Node>, channel: &str, at: Position) -> anyhow::Result<SseBody> {
     let mut cursor = Cursor::default();
     cursor.set(channel, at);
@@ -43,22 +48,14 @@ async fn a_resume_crowd_reads_the_channel_meta_once() -> anyhow::Result<()> {
     let started = Instant::now();
     let mut crowd = Vec::new();
     for i in 0..CROWD {
-        let at = i % 5;
-        let mut body = resume(
-            &node,
-            "c",
-            Position {
-                epoch: EPOCH,
-                seq: at,
-            },
-        )
-        .await?;
+        let after = i % 5;
+        let mut body = resume(&node, "c", at(after)).await?;
         let mut seen = String::new();
         read_until(&mut body, &mut seen, WAIT, |s| numbers(s).contains(&5)).await?;
         assert_eq!(
             numbers(&seen),
-            (at + 1..=5).collect::<Vec<_>>(),
-            "resumed after {at}: {seen:?}"
+            (after + 1..=5).collect::<Vec<_>>(),
+            "resumed after {after}: {seen:?}"
         );
         crowd.push((body, seen));
     }
@@ -84,15 +81,7 @@ async fn a_resume_crowd_reads_the_channel_meta_once() -> anyhow::Result<()> {
         read_until(body, seen, WAIT, |s| numbers(s).contains(&6)).await?;
     }
     let before = node.stats().store_meta_reads;
-    let mut ahead = resume(
-        &node,
-        "c",
-        Position {
-            epoch: EPOCH,
-            seq: 6,
-        },
-    )
-    .await?;
+    let mut ahead = resume(&node, "c", at(6)).await?;
     store
         .append(AppendBatch {
             entries: vec![entry("c", 7)],
@@ -139,15 +128,7 @@ async fn a_resume_past_a_lagging_node_waits_for_live_rather_than_the_store() -> 
 
     // A client that saw 4 on another node resumes here.
     let ranges = node.stats().store_range_reads;
-    let mut late = resume(
-        &node,
-        "d",
-        Position {
-            epoch: EPOCH,
-            seq: 4,
-        },
-    )
-    .await?;
+    let mut late = resume(&node, "d", at(4)).await?;
     // Its join is done (attached live) while this node still stands at 3.
     let deadline = Instant::now() + WAIT;
     while node.stats().subscriptions < 2 {
@@ -184,21 +165,13 @@ async fn a_store_replay_fills_the_ring_for_the_next_resumes() -> anyhow::Result<
     // The channel is new to this node (its clients came from a node that died): the first
     // resume reads the store, the later ones find what it read in the ring.
     let mut streams = Vec::new();
-    for at in [2, 4, 6, 9] {
-        let mut body = resume(
-            &node,
-            "e",
-            Position {
-                epoch: EPOCH,
-                seq: at,
-            },
-        )
-        .await?;
+    for after in [2, 4, 6, 9] {
+        let mut body = resume(&node, "e", at(after)).await?;
         let mut seen = String::new();
         read_until(&mut body, &mut seen, WAIT, |s| numbers(s).contains(&10)).await?;
         assert_eq!(
             numbers(&seen),
-            (at + 1..=10).collect::<Vec<_>>(),
+            (after + 1..=10).collect::<Vec<_>>(),
             "{seen:?}"
         );
         streams.push((body, seen));

@@ -413,23 +413,6 @@ async fn header_floods_are_refused_and_the_server_survives() -> anyhow::Result<(
     Ok(())
 }
 
-/// CPU seconds the process has used (user + system), from /proc.
-fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| -> anyhow::Result<f64> {
-        Ok(fields
-            .get(i)
-            .ok_or_else(|| anyhow::anyhow!("short /proc stat"))?
-            .parse::<f64>()?)
-    };
-    // utime and stime are fields 14 and 15 of stat; 11 and 12 after the `)`.
-    Ok((ticks(11)? + ticks(12)?) / 100.0)
-}
-
 /// Sends a request head a byte every `every` without ever ending it; returns what the server
 /// answered and when the connection closed.
 async fn dribble(port: u16, every: Duration) -> anyhow::Result<(String, Duration)> {
@@ -467,7 +450,7 @@ async fn a_slow_header_flood_is_cut_off_at_the_head_timeout_cheaply() -> anyhow:
         dir.path(),
         &Opts::default().env("HERALD_HEAD_TIMEOUT_SECS", "1"),
     )?;
-    let before = cpu_secs(server.pid())?;
+    let before = herald_bench::procstat::cpu_seconds(server.pid())?;
     let tasks: Vec<_> = (0..CONNS)
         .map(|_| tokio::spawn(dribble(server.port, Duration::from_millis(5))))
         .collect();
@@ -483,7 +466,7 @@ async fn a_slow_header_flood_is_cut_off_at_the_head_timeout_cheaply() -> anyhow:
             "closed {took:?} after the first byte, timeout 1 s"
         );
     }
-    let used = cpu_secs(server.pid())? - before;
+    let used = herald_bench::procstat::cpu_seconds(server.pid())? - before;
     // 200 clients each sending ~200 single bytes: linear work is a few ms per client.
     assert!(used < 1.0, "the flood cost the server {used:.2} CPU-s");
     Ok(())
