@@ -269,7 +269,7 @@ async function dumpDiagnostics(herald, page) {
   for (const h of res.heralds) out(`----- ${h.name} log -----\n${h.log()}`);
   const alive = herald.child.exitCode === null && herald.child.signalCode === null;
   if (!alive) return;
-  const metrics = await rawGet(`${herald.base}/metrics`, {}, 2000);
+  const metrics = await rawGet(`${herald.base}/metrics`, { authorization: `Bearer ${API_KEY}` }, 2000);
   out(`----- ${herald.name} /metrics -----\n${metrics.text.split('\n').filter((l) => l && !l.startsWith('#')).join('\n')}`);
   if (!page) return;
   const state = await page.evaluate(pageState).catch(() => null);
@@ -281,7 +281,7 @@ async function dumpDiagnostics(herald, page) {
     const src = await page.evaluate(() => window.__es.url);
     const raw = await rawGet(src, { 'last-event-id': last }, 2000);
     out(`----- raw SSE, 2 s of GET ${src.replace(/token=[^&]+/, 'token=...')} with Last-Event-ID ${last} (status ${raw.status}) -----\n${raw.text}`);
-    const metrics2 = await rawGet(`${herald.base}/metrics`, {}, 2000);
+    const metrics2 = await rawGet(`${herald.base}/metrics`, { authorization: `Bearer ${API_KEY}` }, 2000);
     out(`----- ${herald.name} /metrics after that -----\n${metrics2.text.split('\n').filter((l) => l && !l.startsWith('#')).join('\n')}`);
   }
 }

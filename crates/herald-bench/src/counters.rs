@@ -69,6 +69,8 @@ const NATS: [&str; 4] = ["in_msgs", "out_msgs", "in_bytes", "out_bytes"];
 pub struct Sources {
     /// Herald processes (`http://ADDR/metrics`).
     pub herald: Vec<std::net::SocketAddr>,
+    /// What /metrics takes: a publisher API key or the metrics token.
+    pub metrics_key: Option<String>,
     /// nats-server monitoring address (`host:port` or `http://host:port`).
     pub nats_monitor: Option<String>,
     pub cql: Option<Arc<Session>>,
@@ -214,7 +216,11 @@ impl Sources {
             ..Snapshot::default()
         };
         for addr in &self.herald {
-            match scrape(&http, &format!("http://{addr}/metrics")).await {
+            let mut req = http.get(format!("http://{addr}/metrics"));
+            if let Some(key) = &self.metrics_key {
+                req = req.bearer_auth(key);
+            }
+            match fetch(req).await {
                 Ok(text) => {
                     for (key, value) in herald_values(&text) {
                         snap.herald.insert((addr.to_string(), key), value);
@@ -242,7 +248,11 @@ impl Sources {
 }
 
 async fn scrape(http: &reqwest::Client, url: &str) -> anyhow::Result<String> {
-    let resp = http.get(url).send().await?;
+    fetch(http.get(url)).await
+}
+
+async fn fetch(req: reqwest::RequestBuilder) -> anyhow::Result<String> {
+    let resp = req.send().await?;
     anyhow::ensure!(resp.status().is_success(), "status {}", resp.status());
     Ok(resp.text().await?)
 }

@@ -48,6 +48,7 @@ impl Meter {
             roles,
             sources: Sources {
                 herald,
+                metrics_key: args.api_key.clone(),
                 nats_monitor: args.nats_monitor.clone(),
                 cql,
                 keyspace: keyspace.to_owned(),

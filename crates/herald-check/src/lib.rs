@@ -121,7 +121,11 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     eprintln!("{} all processes ready", elapsed(t0));
 
     let (phase_tx, phase_rx) = watch::channel(Phase::Run);
-    let sampler = tokio::spawn(sampler::run(topo.clone(), phase_rx.clone()));
+    let sampler = tokio::spawn(sampler::run(
+        topo.clone(),
+        secrets.api_key.clone(),
+        phase_rx.clone(),
+    ));
 
     let sub_shared = Arc::new(subscriber::SubShared::new(
         universe.clone(),

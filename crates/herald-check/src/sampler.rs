@@ -45,7 +45,12 @@ fn parse_metrics(text: &str) -> HashMap<&'static str, f64> {
     out
 }
 
-pub async fn run(topo: Arc<Topology>, mut phase: watch::Receiver<Phase>) -> Sampled {
+/// Samples until the phase turns to `Stop`; `api_key` is a publisher key, which /metrics takes.
+pub async fn run(
+    topo: Arc<Topology>,
+    api_key: String,
+    mut phase: watch::Receiver<Phase>,
+) -> Sampled {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(1))
         .build()
@@ -74,7 +79,8 @@ pub async fn run(topo: Arc<Topology>, mut phase: watch::Receiver<Phase>) -> Samp
                 continue;
             }
             let Some(base) = &p.base else { continue };
-            let Ok(resp) = http.get(format!("{base}/metrics")).send().await else {
+            let scrape = http.get(format!("{base}/metrics")).bearer_auth(&api_key);
+            let Ok(resp) = scrape.send().await else {
                 continue;
             };
             let Ok(text) = resp.text().await else {

@@ -13,6 +13,8 @@ pub struct Auth {
     /// SHA-256 of each key, in `keys` order: keys are compared as digests of one length.
     digests: Vec<[u8; 32]>,
     secret: Option<Secret>,
+    /// SHA-256 of `HERALD_METRICS_TOKEN`, if set.
+    metrics_token: Option<[u8; 32]>,
     dev: bool,
 }
 
@@ -40,14 +42,46 @@ impl Subscriber {
 }
 
 impl Auth {
-    pub fn new(keys: Vec<ApiKey>, secret: Option<Secret>, dev: bool) -> Self {
+    pub fn new(
+        keys: Vec<ApiKey>,
+        secret: Option<Secret>,
+        metrics_token: Option<&Secret>,
+        dev: bool,
+    ) -> Self {
         let digests = keys.iter().map(|k| digest(k.key.as_bytes())).collect();
         Self {
             keys,
             digests,
             secret,
+            metrics_token: metrics_token.map(|t| digest(&t.0)),
             dev,
         }
+    }
+
+    /// Who may read `/metrics`: the bearer of `HERALD_METRICS_TOKEN` or of a publisher key
+    /// (anyone under `--dev`). Counters name channels' traffic and the cluster's shape.
+    pub fn scraper(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        if self.dev {
+            return Ok(());
+        }
+        let Some(presented) = bearer(headers) else {
+            return Err(ApiError::new(
+                401,
+                "missing_api_key",
+                "send HERALD_METRICS_TOKEN or a publisher API key as `Authorization: Bearer <key>`",
+            ));
+        };
+        let token_ok = self
+            .metrics_token
+            .is_some_and(|t| bool::from(t.ct_eq(&digest(presented.as_bytes()))));
+        if token_ok | self.key_name(presented).is_some() {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            401,
+            "invalid_api_key",
+            "neither the metrics token nor a publisher API key",
+        ))
     }
 
     fn key_name(&self, presented: &str) -> Option<&str> {
@@ -183,6 +217,7 @@ mod tests {
                 key: "k-123456789".into(),
             }],
             None,
+            None,
             false,
         );
         let ok = headers(&[("authorization", "Bearer k-123456789")]);
@@ -204,7 +239,7 @@ mod tests {
     #[test]
     fn subscriber_token_sources() {
         let secret = b"0123456789abcdef0123".to_vec();
-        let a = Auth::new(vec![], Some(Secret(secret.clone())), false);
+        let a = Auth::new(vec![], Some(Secret(secret.clone())), None, false);
         let claims = Claims {
             sub: "bob".into(),
             channels: vec!["live:*".into()],
@@ -237,5 +272,36 @@ mod tests {
                 .code,
             "token_expired"
         );
+    }
+
+    #[test]
+    fn metrics_take_the_metrics_token_or_a_publisher_key() {
+        let token = Secret(b"scrape-0123456789".to_vec());
+        let key = ApiKey {
+            name: "ops".into(),
+            key: "k-123456789".into(),
+        };
+        let a = Auth::new(vec![key.clone()], None, Some(&token), false);
+        for ok in ["scrape-0123456789", "k-123456789"] {
+            let h = headers(&[("authorization", &format!("Bearer {ok}"))]);
+            assert!(a.scraper(&h).is_ok(), "{ok}");
+        }
+        for wrong in ["scrape-012345678", "k-1234567890", "x"] {
+            let h = headers(&[("authorization", &format!("Bearer {wrong}"))]);
+            assert_eq!(
+                a.scraper(&h).unwrap_err().code,
+                "invalid_api_key",
+                "{wrong}"
+            );
+        }
+        assert_eq!(
+            a.scraper(&HeaderMap::new()).unwrap_err().code,
+            "missing_api_key"
+        );
+        let no_token = Auth::new(vec![key], None, None, false);
+        let h = headers(&[("authorization", "Bearer scrape-0123456789")]);
+        assert!(no_token.scraper(&h).is_err());
+        let dev = Auth::new(vec![], None, None, true);
+        assert!(dev.scraper(&HeaderMap::new()).is_ok());
     }
 }

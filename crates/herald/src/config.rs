@@ -28,6 +28,9 @@ pub struct ServeArgs {
     /// Secret for HS256 subscriber tokens (at least 16 bytes).
     #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+    /// Bearer token that may read /metrics (publisher API keys may too; at least 16 bytes).
+    #[arg(long, env = "HERALD_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
     /// Origins allowed by CORS, comma-separated (`*` for any).
     #[arg(long, env = "HERALD_CORS_ORIGINS")]
     pub cors_origins: Option<String>,
@@ -88,6 +91,11 @@ pub struct ServeArgs {
     /// a proxy every client has the proxy's address: leave it off there.
     #[arg(long, env = "HERALD_MAX_CONNS_PER_IP")]
     pub max_conns_per_ip: Option<u32>,
+    /// Open client connections of any kind (streams, publishes, idle or half-sent ones);
+    /// a new one past it gets 503 `too_many_open_connections` and is closed. Default: the
+    /// open-file limit less 128.
+    #[arg(long, env = "HERALD_MAX_SOCKETS")]
+    pub max_sockets: Option<usize>,
     /// Allow anonymous subscribe and publish. Never use in production.
     #[arg(long, env = "HERALD_DEV")]
     pub dev: bool,
@@ -100,6 +108,7 @@ pub struct FileConfig {
     pub listen: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
     pub jwt_secret: Option<String>,
+    pub metrics_token: Option<String>,
     #[serde(default)]
     pub api_keys: Vec<ApiKeyEntry>,
     #[serde(default)]
@@ -122,6 +131,7 @@ pub struct FileConfig {
     pub max_node_channels: Option<usize>,
     pub max_stream_opens_per_sec: Option<u32>,
     pub max_conns_per_ip: Option<u32>,
+    pub max_sockets: Option<usize>,
     /// `[namespaces.<name>]`; `[namespaces.default]` changes the fallback.
     #[serde(default)]
     pub namespaces: HashMap<String, NamespaceEntry>,
@@ -177,6 +187,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub api_keys: Vec<ApiKey>,
     pub jwt_secret: Option<Secret>,
+    /// Who may read /metrics besides publisher keys.
+    pub metrics_token: Option<Secret>,
     pub cors_origins: Vec<String>,
     pub dev: bool,
     pub node: herald_node::NodeConfig,
@@ -257,6 +269,17 @@ impl Config {
                 bail!("HERALD_JWT_SECRET must be at least {MIN_SECRET_LEN} bytes");
             }
         }
+        let metrics_token = args
+            .metrics_token
+            .clone()
+            .or(file.metrics_token.clone())
+            .filter(|s| !s.is_empty());
+        if metrics_token
+            .as_ref()
+            .is_some_and(|t| t.len() < MIN_SECRET_LEN)
+        {
+            bail!("HERALD_METRICS_TOKEN must be at least {MIN_SECRET_LEN} bytes");
+        }
         if !args.dev {
             if needs.api_keys && api_keys.is_empty() {
                 bail!("no publisher API keys: set HERALD_API_KEYS (or api_keys in --config), or run with --dev for anonymous local use");
@@ -333,6 +356,7 @@ impl Config {
             data_dir,
             api_keys,
             jwt_secret: jwt_secret.map(|s| Secret(s.into_bytes())),
+            metrics_token: metrics_token.map(|s| Secret(s.into_bytes())),
             cors_origins,
             dev: args.dev,
             node,
@@ -360,6 +384,17 @@ fn streams_below_file_limit() -> usize {
             let files = usize::try_from(files).unwrap_or(usize::MAX);
             files.saturating_sub((files / 20).max(256)).max(1)
         }
+        None => usize::MAX,
+    }
+}
+
+/// Client sockets this process can hold while file descriptors remain for the store, the
+/// cluster's connections and the listener.
+fn sockets_below_file_limit() -> usize {
+    match rustix::process::getrlimit(rustix::process::Resource::Nofile).current {
+        Some(files) => usize::try_from(files)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(128),
         None => usize::MAX,
     }
 }
@@ -405,6 +440,11 @@ fn limits(args: &ServeArgs, file: &FileConfig) -> anyhow::Result<crate::server::
             .or(file.max_stream_opens_per_sec)
             .unwrap_or(0),
         conns_per_ip: args.max_conns_per_ip.or(file.max_conns_per_ip).unwrap_or(0),
+        max_sockets: args
+            .max_sockets
+            .or(file.max_sockets)
+            .unwrap_or_else(sockets_below_file_limit)
+            .max(1),
         publish_per_key,
         publish_per_namespace,
     })

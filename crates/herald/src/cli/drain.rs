@@ -23,6 +23,9 @@ pub struct Args {
     /// Its listen address, to report its open streams (from /metrics) while it drains.
     #[arg(long)]
     pub addr: Option<SocketAddr>,
+    /// What its /metrics takes: the metrics token or a publisher API key.
+    #[arg(long, env = "HERALD_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
     /// Longest wait for it to exit; past it `herald drain` fails and leaves the process be.
     #[arg(long, default_value_t = 120)]
     pub timeout_secs: u64,
@@ -47,7 +50,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .pool_idle_timeout(Duration::from_secs(600))
         .build()?;
     if let Some(addr) = args.addr {
-        match open_streams(&http, addr).await {
+        match open_streams(&http, addr, args.metrics_token.as_deref()).await {
             Some(open) => eprintln!("herald drain: {open} streams open at {addr}"),
             None => eprintln!("herald drain: no herald /metrics at {addr}; draining anyway"),
         }
@@ -67,7 +70,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             );
         }
         if let Some(addr) = args.addr {
-            if let Some(open) = open_streams(&http, addr).await {
+            if let Some(open) = open_streams(&http, addr, args.metrics_token.as_deref()).await {
                 if last_report != Some(open) {
                     eprintln!(
                         "herald drain: {:>5.1} s  {open} streams open",
@@ -102,11 +105,20 @@ fn alive(pid: rustix::process::Pid) -> bool {
 }
 
 /// `herald_connections` of the server's /metrics; None when it does not answer.
-async fn open_streams(http: &reqwest::Client, addr: SocketAddr) -> Option<u64> {
-    let text = http
-        .get(format!("http://{addr}/metrics"))
+async fn open_streams(
+    http: &reqwest::Client,
+    addr: SocketAddr,
+    token: Option<&str>,
+) -> Option<u64> {
+    let mut req = http.get(format!("http://{addr}/metrics"));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let text = req
         .send()
         .await
+        .ok()?
+        .error_for_status()
         .ok()?
         .text()
         .await

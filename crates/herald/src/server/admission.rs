@@ -1,5 +1,6 @@
-//! Admission control: what a node lets in at a peak. New streams per second (a flash crowd
-//! or a reconnect storm arrives at a rate the node can take), connections per client IP, and
+//! Admission control: what a node lets in at a peak. Open sockets of any kind, new streams
+//! per second (a flash crowd or a reconnect storm arrives at a rate the node can take),
+//! connections per client IP, and
 //! published messages per second per API key and per namespace. A refusal is cheap, says
 //! when to come back (`Retry-After`) and changes nothing.
 
@@ -7,7 +8,7 @@ use super::error::ApiError;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -103,9 +104,66 @@ impl Drop for IpSlot {
     }
 }
 
+/// Open client sockets of every kind, capped: an idle or half-sent connection holds a file
+/// descriptor like a stream does, and the stream cap alone does not bound those.
+pub struct Sockets {
+    cap: usize,
+    open: AtomicUsize,
+}
+
+impl Sockets {
+    fn new(cap: usize) -> Arc<Self> {
+        Arc::new(Self {
+            cap: cap.max(1),
+            open: AtomicUsize::new(0),
+        })
+    }
+
+    fn enter(self: &Arc<Self>) -> Option<SocketSlot> {
+        self.open
+            .fetch_update(Relaxed, Relaxed, |n| (n < self.cap).then_some(n + 1))
+            .ok()
+            .map(|_| SocketSlot {
+                sockets: self.clone(),
+            })
+    }
+
+    /// Client sockets open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Relaxed)
+    }
+}
+
+/// One open socket counted against the cap.
+pub struct SocketSlot {
+    sockets: Arc<Sockets>,
+}
+
+impl Drop for SocketSlot {
+    fn drop(&mut self) {
+        self.sockets.open.fetch_sub(1, Relaxed);
+    }
+}
+
+/// What an admitted connection holds while it is open.
+pub struct ConnectionSlot {
+    _socket: SocketSlot,
+    _ip: Option<IpSlot>,
+}
+
+/// Why a connection was not admitted, and how to answer it.
+pub enum Refusal {
+    /// At the socket cap: answered at once and closed, with no time spent reading, since
+    /// sockets are what is short.
+    Sockets(ApiError),
+    /// Over its address's cap: answered after reading the request.
+    PerIp(ApiError),
+}
+
 /// The limits of a process, and how often each refused.
-#[derive(Default)]
 pub struct Admission {
+    pub sockets: Arc<Sockets>,
+    pub refused_sockets: AtomicU64,
     pub stream_opens: Option<RateLimiter>,
     pub per_ip: Option<Arc<IpSlots>>,
     /// By API key name.
@@ -124,6 +182,8 @@ pub struct Limits {
     pub stream_opens_per_sec: u32,
     /// Open connections per client IP; 0 = no limit.
     pub conns_per_ip: u32,
+    /// Open client sockets of any kind.
+    pub max_sockets: usize,
     /// `(messages/s, burst)` by API key name.
     pub publish_per_key: HashMap<String, (f64, f64)>,
     /// `(messages/s, burst)` by namespace.
@@ -134,6 +194,8 @@ impl Admission {
     pub fn new(limits: &Limits) -> Self {
         let bucket = |(rate, burst): &(f64, f64)| RateLimiter::new(*rate, *burst);
         Self {
+            sockets: Sockets::new(limits.max_sockets),
+            refused_sockets: AtomicU64::new(0),
             stream_opens: (limits.stream_opens_per_sec > 0).then(|| {
                 let r = f64::from(limits.stream_opens_per_sec);
                 RateLimiter::new(r, r)
@@ -149,27 +211,41 @@ impl Admission {
                 .iter()
                 .map(|(k, v)| (k.clone(), bucket(v)))
                 .collect(),
-            ..Default::default()
+            refused_stream_rate: AtomicU64::new(0),
+            refused_per_ip: AtomicU64::new(0),
+            refused_publish_rate: AtomicU64::new(0),
         }
     }
 
-    /// Whether a connection from `ip` may be served: the slot it holds while open (`None`
-    /// without a per-IP cap), or the refusal to answer it with.
-    pub fn admit_connection(&self, ip: IpAddr) -> Result<Option<IpSlot>, ApiError> {
-        let Some(slots) = &self.per_ip else {
-            return Ok(None);
+    /// Whether a connection from `ip` may be served: the slots it holds while open, or the
+    /// refusal to answer it with.
+    pub fn admit_connection(&self, ip: IpAddr) -> Result<ConnectionSlot, Refusal> {
+        let Some(socket) = self.sockets.enter() else {
+            self.refused_sockets.fetch_add(1, Relaxed);
+            return Err(Refusal::Sockets(ApiError::new(
+                503,
+                "too_many_open_connections",
+                "this server has as many connections open as it allows (HERALD_MAX_SOCKETS)",
+            )));
         };
-        match slots.enter(ip) {
-            Some(slot) => Ok(Some(slot)),
-            None => {
-                self.refused_per_ip.fetch_add(1, Relaxed);
-                Err(ApiError::new(
-                    429,
-                    "too_many_connections_from_ip",
-                    "this client address has as many connections open as this server allows",
-                ))
-            }
-        }
+        let ip = match &self.per_ip {
+            None => None,
+            Some(slots) => match slots.enter(ip) {
+                Some(slot) => Some(slot),
+                None => {
+                    self.refused_per_ip.fetch_add(1, Relaxed);
+                    return Err(Refusal::PerIp(ApiError::new(
+                        429,
+                        "too_many_connections_from_ip",
+                        "this client address has as many connections open as this server allows",
+                    )));
+                }
+            },
+        };
+        Ok(ConnectionSlot {
+            _socket: socket,
+            _ip: ip,
+        })
     }
 
     /// Whether one more stream may open now.
@@ -273,6 +349,30 @@ mod tests {
         assert!(s.enter("10.0.0.2".parse().unwrap()).is_some());
         drop(a);
         assert!(s.enter(ip).is_some());
+    }
+
+    #[test]
+    fn sockets_over_the_cap_are_refused_and_slots_given_back() {
+        let a = Admission::new(&Limits {
+            max_sockets: 2,
+            conns_per_ip: 1,
+            ..Limits::default()
+        });
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let first = a.admit_connection(ip).ok().unwrap();
+        // Over the per-IP cap: refused, and its socket slot given back at once.
+        assert!(matches!(a.admit_connection(ip), Err(Refusal::PerIp(_))));
+        let _second = a
+            .admit_connection("10.0.0.2".parse().unwrap())
+            .ok()
+            .unwrap();
+        assert!(matches!(
+            a.admit_connection("10.0.0.3".parse().unwrap()),
+            Err(Refusal::Sockets(_))
+        ));
+        assert_eq!(a.sockets.open(), 2);
+        drop(first);
+        assert!(a.admit_connection(ip).is_ok());
     }
 
     #[test]

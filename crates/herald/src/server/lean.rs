@@ -112,11 +112,24 @@ pub async fn refuse(mut stream: TcpStream, e: ApiError) {
     .await;
 }
 
+/// Answers a connection refused for want of sockets with what fits in one write, and closes
+/// it: nothing waits, so a flood past the cap costs no task and no file descriptor beyond
+/// this call.
+pub fn refuse_now(stream: TcpStream, e: &ApiError) {
+    let _ = stream.try_write(&error_response(e, &[]));
+}
+
 /// How long a refused connection is read from (its request, then until the client closes).
 const REFUSE_LINGER: Duration = Duration::from_millis(500);
 
 /// Writes `e` as a complete `connection: close` response.
 async fn write_error(stream: &TcpStream, e: &ApiError, cors: &[(&'static str, HeaderValue)]) {
+    let out = error_response(e, cors);
+    let _ = tokio::time::timeout(Duration::from_secs(5), write_all(stream, &out)).await;
+}
+
+/// `e` as a complete `connection: close` response.
+fn error_response(e: &ApiError, cors: &[(&'static str, HeaderValue)]) -> Vec<u8> {
     let body = herald_proto::error_json(e.code, &e.message);
     let mut out = format!(
         "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
@@ -133,7 +146,7 @@ async fn write_error(stream: &TcpStream, e: &ApiError, cors: &[(&'static str, He
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(&body);
-    let _ = tokio::time::timeout(Duration::from_secs(5), write_all(stream, &out)).await;
+    out
 }
 
 fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {

@@ -79,6 +79,7 @@ impl State {
             auth: Auth::new(
                 config.api_keys.clone(),
                 config.jwt_secret.clone(),
+                config.metrics_token.as_ref(),
                 config.dev,
             ),
             cors: cors::Cors::new(&config.cors_origins),
@@ -194,7 +195,11 @@ async fn accept_until(
                     let _ = stream.set_nodelay(true);
                     let slot = match state.admission.admit_connection(peer.ip()) {
                         Ok(slot) => slot,
-                        Err(e) => {
+                        Err(admission::Refusal::Sockets(e)) => {
+                            lean::refuse_now(stream, &e);
+                            continue;
+                        }
+                        Err(admission::Refusal::PerIp(e)) => {
                             conns.spawn(lean::refuse(stream, e));
                             continue;
                         }

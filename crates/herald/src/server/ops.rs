@@ -250,6 +250,20 @@ pub fn metrics(state: &State) -> Response<ResponseBody> {
     );
     metric(
         &mut out,
+        "herald_sockets_open",
+        g,
+        "Client connections open, of any kind (capped by HERALD_MAX_SOCKETS).",
+        state.admission.sockets.open() as u64,
+    );
+    metric(
+        &mut out,
+        "herald_sockets_refused_total",
+        c,
+        "Connections refused (503) at HERALD_MAX_SOCKETS.",
+        refused(&state.admission.refused_sockets),
+    );
+    metric(
+        &mut out,
         "herald_connections_refused_per_ip_total",
         c,
         "Connections refused (429) over HERALD_MAX_CONNS_PER_IP.",

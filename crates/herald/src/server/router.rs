@@ -69,7 +69,10 @@ async fn route(
         "/v1/publish/batch" => publish::batch(state, req).await,
         "/healthz" => Ok(ops::healthz()),
         "/readyz" => Ok(ops::readyz(state).await),
-        "/metrics" => Ok(ops::metrics(state)),
+        "/metrics" => {
+            state.auth.scraper(req.headers())?;
+            Ok(ops::metrics(state))
+        }
         "/v1/ack" => ack::post(state, req).await,
         p if ack::is_acks_path(p) => ack::list(state, req).await,
         _ => history::handle(state, req).await,

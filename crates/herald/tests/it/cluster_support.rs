@@ -299,7 +299,11 @@ impl Proc {
 
     /// Reads one metric value from /metrics (0 when absent).
     pub async fn metric(&self, name: &str) -> f64 {
-        let text = match reqwest::get(format!("{}/metrics", self.base)).await {
+        let scrape = reqwest::Client::new()
+            .get(format!("{}/metrics", self.base))
+            .bearer_auth(API_KEY)
+            .send();
+        let text = match scrape.await {
             Ok(r) => r.text().await.unwrap_or_default(),
             Err(_) => return 0.0,
         };

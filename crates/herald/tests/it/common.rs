@@ -157,7 +157,14 @@ impl Server {
 
     /// Reads one metric value from /metrics.
     pub async fn metric(&self, name: &str) -> anyhow::Result<f64> {
-        let text = reqwest::get(self.url("/metrics")).await?.text().await?;
+        let text = reqwest::Client::new()
+            .get(self.url("/metrics"))
+            .bearer_auth(API_KEY)
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
         text.lines()
             .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
             .context(format!("metric {name} missing"))?

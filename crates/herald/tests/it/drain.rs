@@ -211,6 +211,7 @@ async fn herald_drain_moves_streams_off_and_waits_for_the_exit() -> anyhow::Resu
                 "--timeout-secs",
                 "20",
             ])
+            .env("HERALD_METRICS_TOKEN", crate::common::API_KEY)
             .output(),
     )
     .await
@@ -218,7 +219,7 @@ async fn herald_drain_moves_streams_off_and_waits_for_the_exit() -> anyhow::Resu
     let stderr = String::from_utf8_lossy(&out.stderr);
     ensure!(out.status.success(), "herald drain failed: {stderr}");
     ensure!(
-        stderr.contains("exited after"),
+        stderr.contains("exited after") && stderr.contains("streams open at"),
         "herald drain output: {stderr}"
     );
     for t in tasks {

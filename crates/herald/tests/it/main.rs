@@ -14,5 +14,6 @@ mod crash;
 mod drain;
 mod lifecycle;
 mod publish;
+mod security;
 mod slow;
 mod sse;
