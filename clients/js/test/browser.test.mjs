@@ -15,18 +15,17 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { createHmac } from 'node:crypto';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
+import { CHROMIUM, CHROMIUM_ARGS, signToken, withTimeout } from './support.mjs';
 
 const TEST_DIR = path.dirname(fileURLToPath(import.meta.url));
 const PKG_DIR = path.resolve(TEST_DIR, '..');
 const HERALD_BIN = path.resolve(PKG_DIR, process.env.HERALD_BIN || '../../target/debug/herald');
-const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 
 const API_KEY = 'testkey-123456';
 const JWT_SECRET = 'browser-test-secret-0123456789';
@@ -83,28 +82,6 @@ process.on('exit', () => {
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-function withTimeout(promise, ms, what) {
-  let timer;
-  return Promise.race([
-    promise,
-    new Promise((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`${what}: timed out after ${ms} ms`)), ms);
-    }),
-  ]).finally(() => clearTimeout(timer));
-}
-
-function b64url(buf) {
-  return Buffer.from(buf).toString('base64url');
-}
-
-/** HS256 subscriber token, signed the way `herald token` signs it. */
-function signToken(claims, secret) {
-  const head = b64url(JSON.stringify({ alg: 'HS256', typ: 'JWT' }));
-  const body = b64url(JSON.stringify(claims));
-  const sig = createHmac('sha256', secret).update(`${head}.${body}`).digest();
-  return `${head}.${body}.${b64url(sig)}`;
-}
 
 /**
  * Starts `herald serve` on 127.0.0.1:port and resolves once it prints its listen line.
@@ -306,15 +283,7 @@ test('plain EventSource follows two channels across a herald SIGKILL + restart, 
       chromium.launch({
         executablePath: CHROMIUM,
         headless: true,
-        args: [
-          '--no-sandbox',
-          '--disable-gpu',
-          '--disable-quic',
-          '--no-first-run',
-          '--disable-background-networking',
-          '--disable-component-update',
-          '--disable-sync',
-        ],
+        args: CHROMIUM_ARGS,
       }),
       30_000,
       'chromium.launch',

@@ -1,6 +1,8 @@
 //! Rust client for Herald: publish, read history, and subscribe to an SSE stream with the
 //! same cursor semantics a browser's EventSource has. Used by the CLI, the tests and the bench.
 
+#![forbid(unsafe_code)]
+
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use herald_proto::{

@@ -2,6 +2,8 @@
 //! reliable message its `(epoch, seq)`, writes it durably (group commit) and hands it to the
 //! fabric. Ephemeral messages skip the store.
 
+#![forbid(unsafe_code)]
+
 mod error;
 mod ownership;
 mod policy;

@@ -5,6 +5,8 @@
 //! so the fabric never decides correctness. With the `nats` feature, [`NatsFabric`] carries
 //! them over NATS core subjects between the processes of a cluster.
 
+#![forbid(unsafe_code)]
+
 #[cfg(feature = "nats")]
 mod codec;
 #[cfg(feature = "nats")]

@@ -2,6 +2,8 @@
 //! small ring per channel, fans each message (framed once) out to local connections, and
 //! brings resuming clients up to date from the ring or the store.
 
+#![forbid(unsafe_code)]
+
 mod drain;
 mod fanout;
 mod frame;
@@ -421,23 +423,8 @@ impl StreamPlan {
     }
 }
 
-/// Caps the socket's kernel send buffer (Linux doubles the value for its bookkeeping).
-fn set_send_buffer(socket: &TcpStream, bytes: usize) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    // SAFETY: a valid, open socket descriptor and a pointer to a c_int of the given length.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUF,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+/// Caps the socket's kernel send buffer (Linux doubles the value for its bookkeeping), so a
+/// peer that stops reading holds that much of this process's memory, not megabytes.
+pub fn set_send_buffer(socket: &TcpStream, bytes: usize) -> std::io::Result<()> {
+    socket2::SockRef::from(socket).set_send_buffer_size(bytes)
 }

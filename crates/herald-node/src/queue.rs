@@ -461,12 +461,9 @@ fn start_waiting(g: &mut Inner) {
     }
 }
 
+/// Ends both directions at once, waking a writer blocked on a full send buffer.
 fn shutdown_socket(s: &TcpStream) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: shutdown(2) on a descriptor this stream owns; it stays open until dropped.
-    unsafe {
-        libc::shutdown(s.as_raw_fd(), libc::SHUT_RDWR);
-    }
+    let _ = socket2::SockRef::from(s).shutdown(std::net::Shutdown::Both);
 }
 
 #[cfg(test)]

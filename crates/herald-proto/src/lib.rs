@@ -3,6 +3,8 @@
 //!
 //! Every public item of every module is re-exported at the crate root.
 
+#![forbid(unsafe_code)]
+
 pub mod channel;
 pub mod cursor;
 pub mod envelope;

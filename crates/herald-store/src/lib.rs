@@ -2,6 +2,8 @@
 //! the embedded [`FjallStore`], the cluster's [`ScyllaStore`] (feature `scylla`), and the
 //! conformance suite every backend must pass.
 
+#![forbid(unsafe_code)]
+
 mod codec;
 pub mod conformance;
 mod error;

@@ -96,6 +96,12 @@ pub struct ServeArgs {
     /// open-file limit less 128.
     #[arg(long, env = "HERALD_MAX_SOCKETS")]
     pub max_sockets: Option<usize>,
+    /// PEM certificate chain: serve HTTPS (HTTP/2 and HTTP/1.1) instead of plain HTTP.
+    #[arg(long, env = "HERALD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, env = "HERALD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Allow anonymous subscribe and publish. Never use in production.
     #[arg(long, env = "HERALD_DEV")]
     pub dev: bool,
@@ -132,6 +138,8 @@ pub struct FileConfig {
     pub max_stream_opens_per_sec: Option<u32>,
     pub max_conns_per_ip: Option<u32>,
     pub max_sockets: Option<usize>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     /// `[namespaces.<name>]`; `[namespaces.default]` changes the fallback.
     #[serde(default)]
     pub namespaces: HashMap<String, NamespaceEntry>,
@@ -200,6 +208,8 @@ pub struct Config {
     /// `HERALD_DRAIN_SECS` if given; each role has its own default.
     pub drain: Option<Duration>,
     pub limits: crate::server::admission::Limits,
+    /// Serve HTTPS with this, when a certificate is configured.
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 /// A secret that never prints.
@@ -341,6 +351,16 @@ impl Config {
             dispatcher.sweep_interval = Duration::from_secs(v.max(1));
         }
         let limits = limits(args, &file)?;
+        let tls = match (
+            args.tls_cert.as_ref().or(file.tls_cert.as_ref()),
+            args.tls_key.as_ref().or(file.tls_key.as_ref()),
+        ) {
+            (Some(cert), Some(key)) => Some(crate::server::tls::server_config(cert, key)?),
+            (None, None) => None,
+            _ => {
+                bail!("TLS needs both a certificate (HERALD_TLS_CERT) and its key (HERALD_TLS_KEY)")
+            }
+        };
         let key_names: Vec<&str> = api_keys.iter().map(|k| k.name.as_str()).collect();
         for (ns, p) in &dispatcher.policies.namespaces {
             for name in p.publishers.iter().flatten() {
@@ -371,6 +391,7 @@ impl Config {
             ),
             drain: args.drain_secs.or(file.drain_secs).map(Duration::from_secs),
             limits,
+            tls,
         })
     }
 }

@@ -2,6 +2,9 @@
 //! `node` and `migrate` run a cluster over ScyllaDB and NATS; `publish`, `subscribe`,
 //! `token`, `drain` and `bench` are the command-line helpers.
 
+// No unsafe code here but the symbol jemalloc reads its options from.
+#![deny(unsafe_code)]
+
 mod auth;
 mod cli;
 mod cluster;
@@ -21,7 +24,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// per-connection allocations come from a couple of threads, and spreading them over the
 /// default 4 arenas per core only adds partly used pages. `_RJEM_MALLOC_CONF` overrides.
 #[cfg(not(target_env = "msvc"))]
-#[allow(non_upper_case_globals)]
+#[allow(non_upper_case_globals, unsafe_code)]
 #[export_name = "_rjem_malloc_conf"]
 pub static malloc_conf: &[u8; 10] = b"narenas:1\0";
 

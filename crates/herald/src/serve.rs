@@ -45,7 +45,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let state = State::new(&config, Some(node), Some(dispatcher), store, fabric, None);
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "herald serving");
-    announce(addr);
+    announce(addr, config.tls.is_some());
     server::serve(
         listener,
         state,
@@ -70,8 +70,9 @@ pub fn dev_banner() {
 
 /// Prints the address served; scripts and tests read this line to learn the port when
 /// listening on :0.
-pub fn announce(addr: std::net::SocketAddr) {
-    println!("herald listening on http://{addr}");
+pub fn announce(addr: std::net::SocketAddr, tls: bool) {
+    let scheme = if tls { "https" } else { "http" };
+    println!("herald listening on {scheme}://{addr}");
     let _ = std::io::stdout().flush();
 }
 

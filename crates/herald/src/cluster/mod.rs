@@ -202,7 +202,7 @@ async fn serve_role(role: Role, args: RoleArgs, config: Config) -> anyhow::Resul
     };
     let state = State::new(&config, node, dispatcher, dyn_store, dyn_fabric, routing);
     tracing::info!(%addr, %id, role = role.name(), keyspace = %args.store.keyspace, "herald {} serving", role.name());
-    announce(addr);
+    announce(addr, config.tls.is_some());
     // Background tasks stop as soon as shutdown starts: a dispatcher leaves the membership
     // first, so the others stop forwarding to it while it finishes its in-flight publishes.
     let shutdown = async move {

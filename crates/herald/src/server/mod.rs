@@ -13,6 +13,7 @@ mod ops;
 mod publish;
 mod router;
 mod sse;
+pub mod tls;
 
 use crate::auth::Auth;
 use crate::cluster::routing::Routing;
@@ -21,9 +22,9 @@ use herald_dispatcher::Dispatcher;
 use herald_fabric::Fabric;
 use herald_node::Node;
 use herald_store::Store;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,6 +38,11 @@ use tokio::task::JoinSet;
 const MAX_HEADER_BUF: usize = 64 * 1024;
 /// Headers hyper parses; requests with more than `router::MAX_HEADERS` get a JSON 431.
 const HYPER_MAX_HEADERS: usize = 256;
+/// Streams one HTTP/2 connection may have open at once (each also counts as a stream
+/// against the node's caps): a browser's tabs share one connection per origin.
+const H2_MAX_STREAMS: u32 = 256;
+/// Most header bytes of one HTTP/2 request.
+const H2_MAX_HEADER_LIST: u32 = 64 * 1024;
 
 /// Everything request handlers share.
 pub struct State {
@@ -58,6 +64,8 @@ pub struct State {
     pub policies: herald_dispatcher::Policies,
     /// How long a request head may take to arrive.
     pub head_timeout: Duration,
+    /// Serve HTTPS (HTTP/2 and HTTP/1.1) when set.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl State {
@@ -89,6 +97,7 @@ impl State {
             admission: admission::Admission::new(&config.limits),
             policies: config.dispatcher.policies.clone(),
             head_timeout: config.head_timeout,
+            tls: config.tls.clone().map(tokio_rustls::TlsAcceptor::from),
         })
     }
 
@@ -207,7 +216,10 @@ async fn accept_until(
                     let st = state.clone();
                     let stop = stop.clone();
                     conns.spawn(async move {
-                        connection(stream, st, stop).await;
+                        match st.tls.clone() {
+                            Some(tls) => Box::pin(tls_connection(stream, tls, st, stop)).await,
+                            None => connection(stream, st, stop).await,
+                        }
                         drop(slot);
                     });
                 }
@@ -230,17 +242,53 @@ async fn connection(stream: tokio::net::TcpStream, state: Arc<State>, stop: watc
         lean::First::Done => {}
         lean::First::Stream(plan, stream, head) => plan.serve(stream, head).await,
         lean::First::Hyper(stream, prefix) => {
-            Box::pin(hyper_connection(stream, prefix, state, stop)).await
+            cap_send_buffer(&state, &stream);
+            let io = lean::Rewind::new(prefix, stream);
+            Box::pin(hyper_connection(io, false, state, stop)).await
         }
     }
 }
 
-async fn hyper_connection(
+/// A TLS connection: the handshake (within the head timeout), then hyper, speaking HTTP/2
+/// when the client chose it by ALPN.
+async fn tls_connection(
     stream: tokio::net::TcpStream,
-    prefix: bytes::Bytes,
+    tls: tokio_rustls::TlsAcceptor,
     state: Arc<State>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
+    cap_send_buffer(&state, &stream);
+    let stream = match tokio::time::timeout(state.head_timeout, tls.accept(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => return,
+    };
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+    hyper_connection(stream, h2, state, stop).await
+}
+
+/// Streams served through hyper get the same send-buffer cap as streams on the lean path: a
+/// peer that stops reading holds that much kernel memory, not megabytes.
+fn cap_send_buffer(state: &State, stream: &tokio::net::TcpStream) {
+    let Some(node) = &state.node else { return };
+    let bytes = node.config().stream_sndbuf;
+    if bytes > 0 {
+        if let Err(e) = herald_node::set_send_buffer(stream, bytes) {
+            tracing::debug!(error = %e, "could not cap the connection's send buffer");
+        }
+    }
+}
+
+/// Serves one connection with hyper: HTTP/1.1, or HTTP/2 when `h2` (negotiated by ALPN).
+/// A stream that must end while its writes are stuck ends the whole connection (`kill`);
+/// under HTTP/2 the connection's other streams resume from their cursors.
+async fn hyper_connection<I>(io: I, h2: bool, state: Arc<State>, mut stop: watch::Receiver<bool>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let kill = Arc::new(Notify::new());
     let svc_kill = kill.clone();
     let head_timeout = state.head_timeout;
@@ -249,13 +297,24 @@ async fn hyper_connection(
         let kill = svc_kill.clone();
         async move { Ok::<_, Infallible>(router::handle(state, kill, req).await) }
     });
-    let mut builder = http1::Builder::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
+        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(head_timeout)
         .max_buf_size(MAX_HEADER_BUF)
         .max_headers(HYPER_MAX_HEADERS);
-    let conn = builder.serve_connection(TokioIo::new(lean::Rewind::new(prefix, stream)), svc);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_header_list_size(H2_MAX_HEADER_LIST);
+    let builder = if h2 {
+        builder.http2_only()
+    } else {
+        builder.http1_only()
+    };
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let mut stopping = *stop.borrow();
     if stopping {

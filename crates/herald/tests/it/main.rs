@@ -17,3 +17,4 @@ mod publish;
 mod security;
 mod slow;
 mod sse;
+mod tls;
