@@ -12,7 +12,7 @@ mod codec;
 #[cfg(feature = "nats")]
 mod nats;
 #[cfg(feature = "nats")]
-pub use nats::{NatsFabric, NatsOptions, NatsStats};
+pub use nats::{NatsAuth, NatsFabric, NatsOptions, NatsStats};
 
 use async_trait::async_trait;
 use bytes::Bytes;

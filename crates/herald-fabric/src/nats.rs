@@ -12,6 +12,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{AbortHandle, Abortable, SelectAll, Stream, StreamExt};
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -46,6 +47,37 @@ pub struct NatsOptions {
     pub name: String,
     /// Capacity of the queue of [`Incoming`] items handed to the node.
     pub incoming_capacity: usize,
+    /// How Herald proves itself to NATS.
+    pub auth: NatsAuth,
+    /// PEM file of the CA that signs the NATS servers' certificates; set, TLS is required.
+    pub tls_ca: Option<PathBuf>,
+    /// PEM client certificate and key, for servers that verify their clients (mutual TLS).
+    pub tls_client: Option<(PathBuf, PathBuf)>,
+}
+
+/// The credential presented to NATS.
+#[derive(Clone, Default)]
+pub enum NatsAuth {
+    #[default]
+    None,
+    Token(String),
+    UserPassword {
+        user: String,
+        password: String,
+    },
+    /// A `.creds` file (a user JWT and its NKey seed).
+    CredentialsFile(PathBuf),
+}
+
+impl std::fmt::Debug for NatsAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NatsAuth::None => f.write_str("None"),
+            NatsAuth::Token(_) => f.write_str("Token(<redacted>)"),
+            NatsAuth::UserPassword { user, .. } => write!(f, "UserPassword({user}, <redacted>)"),
+            NatsAuth::CredentialsFile(p) => write!(f, "CredentialsFile({})", p.display()),
+        }
+    }
 }
 
 impl NatsOptions {
@@ -59,6 +91,9 @@ impl NatsOptions {
             subject_prefix: "herald".to_owned(),
             name: "herald".to_owned(),
             incoming_capacity: 65_536,
+            auth: NatsAuth::None,
+            tls_ca: None,
+            tls_client: None,
         }
     }
 }
@@ -104,6 +139,8 @@ enum NatsError {
         "invalid NATS subject prefix {0:?}: use dot-separated tokens without spaces, '*' or '>'"
     )]
     Prefix(String),
+    #[error("reading the NATS credentials file {path}: {reason}")]
+    Credentials { path: String, reason: String },
     #[error("starting the NATS client: {0}")]
     Connect(#[from] async_nats::ConnectError),
     #[error("publishing to NATS: {0}")]
@@ -151,6 +188,34 @@ impl Drop for Inner {
     }
 }
 
+/// Adds the credential and TLS settings of `opts`.
+async fn security(mut c: ConnectOptions, opts: &NatsOptions) -> Result<ConnectOptions, NatsError> {
+    c = match &opts.auth {
+        NatsAuth::None => c,
+        NatsAuth::Token(t) => c.token(t.clone()),
+        NatsAuth::UserPassword { user, password } => {
+            c.user_and_password(user.clone(), password.clone())
+        }
+        NatsAuth::CredentialsFile(path) => {
+            c.credentials_file(path)
+                .await
+                .map_err(|e| NatsError::Credentials {
+                    path: path.display().to_string(),
+                    reason: e.kind().to_string(),
+                })?
+        }
+    };
+    if let Some(ca) = &opts.tls_ca {
+        c = c.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let Some((cert, key)) = &opts.tls_client {
+        c = c
+            .add_client_certificate(cert.clone(), key.clone())
+            .require_tls(true);
+    }
+    Ok(c)
+}
+
 impl NatsFabric {
     /// Starts the NATS client and the subscription manager; returns at once, without waiting
     /// for a server: the client connects (and reconnects) in the background with backoff, and
@@ -184,7 +249,8 @@ impl NatsFabric {
         });
         let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
         let cb_shared = shared.clone();
-        let client = ConnectOptions::new()
+        let client = security(ConnectOptions::new(), &opts)
+            .await?
             .name(&opts.name)
             .retry_on_initial_connect()
             .max_reconnects(None)

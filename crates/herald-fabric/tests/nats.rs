@@ -11,7 +11,7 @@ fn nats_fabric() {
 #[cfg(feature = "nats")]
 mod real {
     use bytes::Bytes;
-    use herald_fabric::{Fabric, FabricMessage, Incoming, NatsFabric, NatsOptions};
+    use herald_fabric::{Fabric, FabricMessage, Incoming, NatsAuth, NatsFabric, NatsOptions};
     use std::net::{TcpListener, TcpStream};
     use std::path::PathBuf;
     use std::process::{Child, Command, Stdio};
@@ -68,8 +68,14 @@ mod real {
 
     impl NatsServer {
         fn start(bin: &PathBuf, port: u16) -> NatsServer {
+            Self::start_with(bin, port, &[])
+        }
+
+        /// A server with `extra` flags (auth, TLS).
+        fn start_with(bin: &PathBuf, port: u16, extra: &[&str]) -> NatsServer {
             let child = Command::new(bin)
                 .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+                .args(extra)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -164,6 +170,89 @@ mod real {
             assert!(Instant::now() < deadline, "timed out waiting until {what}");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// A node and a dispatcher fabric set up by `secure`; whether a message gets through
+    /// within a few seconds.
+    async fn flows(url: &str, secure: impl Fn(&mut NatsOptions)) -> bool {
+        let mut o = NatsOptions::new([url]);
+        secure(&mut o);
+        let (node, mut rx) = NatsFabric::connect(o.clone()).await.expect("node");
+        let (dispatcher, _) = NatsFabric::connect(o).await.expect("dispatcher");
+        node.set_interest("live:s", true);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut got = false;
+        while !got && Instant::now() < deadline {
+            if node.is_ready() && dispatcher.is_ready() {
+                let _ = dispatcher.publish(vec![msg("live:s", 1)]).await;
+            }
+            if let Ok(Some(Incoming::Message(m))) =
+                timeout(Duration::from_millis(200), rx.recv()).await
+            {
+                got = m.seq == 1;
+            }
+        }
+        node.shutdown().await;
+        dispatcher.shutdown().await;
+        got
+    }
+
+    #[tokio::test]
+    async fn a_server_requiring_credentials_and_tls_gets_them() {
+        let Some(bin) = nats_server_bin() else { return };
+        let token = NatsServer::start_with(&bin, free_port(), &["--auth", "fabric-token-123456"]);
+        assert!(
+            !flows(&token.url(), |_| {}).await,
+            "no token, yet it flowed"
+        );
+        let wrong = |o: &mut NatsOptions| o.auth = NatsAuth::Token("nope".into());
+        assert!(
+            !flows(&token.url(), wrong).await,
+            "a wrong token, yet it flowed"
+        );
+        let right = |o: &mut NatsOptions| o.auth = NatsAuth::Token("fabric-token-123456".into());
+        assert!(
+            flows(&token.url(), right).await,
+            "the token did not get through"
+        );
+        drop(token);
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).expect("cert");
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert, ck.cert.pem()).expect("write cert");
+        std::fs::write(&key, ck.key_pair.serialize_pem()).expect("write key");
+        let (c, k) = (cert.display().to_string(), key.display().to_string());
+        let tls = NatsServer::start_with(
+            &bin,
+            free_port(),
+            &[
+                "--tls",
+                "--tlscert",
+                &c,
+                "--tlskey",
+                &k,
+                "--user",
+                "herald",
+                "--pass",
+                "pw-123456",
+            ],
+        );
+        let user = |o: &mut NatsOptions| {
+            o.auth = NatsAuth::UserPassword {
+                user: "herald".into(),
+                password: "pw-123456".into(),
+            }
+        };
+        assert!(!flows(&tls.url(), user).await, "no TLS, yet it flowed");
+        let over_tls = |o: &mut NatsOptions| {
+            user(o);
+            o.tls_ca = Some(cert.clone());
+        };
+        assert!(
+            flows(&tls.url(), over_tls).await,
+            "TLS with the CA did not get through"
+        );
     }
 
     #[tokio::test]

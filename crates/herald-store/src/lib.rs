@@ -16,8 +16,8 @@ pub use error::StoreError;
 pub use fjall_store::{FjallOptions, FjallStore};
 #[cfg(feature = "scylla")]
 pub use scylla::{
-    DispatcherRow, LeaseSnapshot, LeaseTable, PartitionRow, ScyllaOptions, ScyllaStore, Take,
-    WriteClock,
+    CqlCredentials, DispatcherRow, LeaseSnapshot, LeaseTable, PartitionRow, ScyllaOptions,
+    ScyllaStore, Take, WriteClock,
 };
 pub use types::{
     Ack, AppendBatch, AppendEntry, ChannelMeta, CqlCounts, IdempotencyRecord, Retention,

@@ -186,6 +186,12 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
+/// Whether two secrets are equal, in constant time whatever their lengths (compared as
+/// SHA-256 digests).
+pub fn same_secret(presented: &str, expected: &str) -> bool {
+    bool::from(digest(presented.as_bytes()).ct_eq(&digest(expected.as_bytes())))
+}
+
 fn digest(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }

@@ -52,6 +52,48 @@ pub struct ScyllaOptions {
     pub consistency: Consistency,
     /// Consistency of the Paxos phase of conditional writes (leases only).
     pub serial_consistency: SerialConsistency,
+    /// Username and password (Cassandra's PasswordAuthenticator, ScyllaDB's authenticator).
+    pub credentials: Option<CqlCredentials>,
+    /// PEM file of the CA that signs the database nodes' certificates; set, every
+    /// connection uses TLS and checks the node's certificate against it.
+    pub tls_ca: Option<std::path::PathBuf>,
+}
+
+/// A CQL username and password; the password never prints.
+#[derive(Clone)]
+pub struct CqlCredentials {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for CqlCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CqlCredentials({}, <redacted>)", self.user)
+    }
+}
+
+/// A TLS client configuration trusting only the CA in `ca` (PEM).
+fn tls_client(ca: &std::path::Path) -> Result<Arc<rustls::ClientConfig>, StoreError> {
+    use rustls_pki_types::pem::PemObject;
+    let bad = |what: String| StoreError::Invalid(format!("CQL TLS CA {}: {what}", ca.display()));
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in
+        rustls_pki_types::CertificateDer::pem_file_iter(ca).map_err(|e| bad(e.to_string()))?
+    {
+        roots
+            .add(cert.map_err(|e| bad(e.to_string()))?)
+            .map_err(|e| bad(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("no certificate in it".into()));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 impl ScyllaOptions {
@@ -63,6 +105,8 @@ impl ScyllaOptions {
             message_ttl_secs: 0,
             consistency: Consistency::Quorum,
             serial_consistency: SerialConsistency::Serial,
+            credentials: None,
+            tls_ca: None,
         }
     }
 }
@@ -119,12 +163,16 @@ impl ScyllaStore {
             .serial_consistency(Some(opts.serial_consistency))
             .build()
             .into_handle();
-        let session = SessionBuilder::new()
+        let mut builder = SessionBuilder::new()
             .known_nodes(&opts.contact_points)
-            .default_execution_profile_handle(profile)
-            .build()
-            .await
-            .map_err(eng("connect"))?;
+            .default_execution_profile_handle(profile);
+        if let Some(c) = &opts.credentials {
+            builder = builder.user(c.user.clone(), c.password.clone());
+        }
+        if let Some(ca) = &opts.tls_ca {
+            builder = builder.tls_context(Some(tls_client(ca)?));
+        }
+        let session = builder.build().await.map_err(eng("connect"))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 cql: Cql::new(session),

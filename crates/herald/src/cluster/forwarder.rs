@@ -67,6 +67,8 @@ struct Pending {
 struct Client {
     http: reqwest::Client,
     secret: String,
+    /// `https` when the dispatchers serve TLS to each other.
+    scheme: &'static str,
 }
 
 pub struct Forwarder {
@@ -92,14 +94,36 @@ struct ForwardedItem<'a> {
 }
 
 impl Forwarder {
-    pub fn new(secret: String) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
+    /// Forwards with `secret`; over HTTPS, trusting only the CA in `tls_ca` (PEM), when given.
+    pub fn new(secret: String, tls_ca: Option<&std::path::Path>) -> anyhow::Result<Self> {
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
-            .pool_max_idle_per_host(64)
-            .build()?;
+            .pool_max_idle_per_host(64);
+        let scheme = match tls_ca {
+            Some(ca) => {
+                use anyhow::Context;
+                let pem = std::fs::read(ca)
+                    .with_context(|| format!("reading the cluster CA {}", ca.display()))?;
+                builder = builder
+                    .use_rustls_tls()
+                    .tls_built_in_root_certs(false)
+                    .add_root_certificate(
+                        reqwest::Certificate::from_pem(&pem)
+                            .with_context(|| format!("the cluster CA {}", ca.display()))?,
+                    )
+                    .https_only(true);
+                "https"
+            }
+            None => "http",
+        };
+        let http = builder.build()?;
         Ok(Self {
-            client: std::sync::Arc::new(Client { http, secret }),
+            client: std::sync::Arc::new(Client {
+                http,
+                secret,
+                scheme,
+            }),
             queues: Mutex::new(HashMap::new()),
         })
     }
@@ -236,7 +260,7 @@ async fn send(
             idempotency_key: item.idempotency_key.as_deref(),
         })
         .collect();
-    let url = format!("http://{}/v1/publish/batch", owner.addr);
+    let url = format!("{}://{}/v1/publish/batch", client.scheme, owner.addr);
     let resp = client
         .http
         .post(&url)

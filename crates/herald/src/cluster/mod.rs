@@ -14,11 +14,12 @@ use anyhow::{bail, Context};
 use connecting_store::ConnectingStore;
 use herald_dispatcher::Dispatcher;
 use herald_dispatcher::Ownership;
-use herald_fabric::{Fabric, NatsFabric, NatsOptions};
+use herald_fabric::{Fabric, NatsAuth, NatsFabric, NatsOptions};
 use herald_node::Node;
-use herald_store::{ScyllaOptions, ScyllaStore, Store};
+use herald_store::{CqlCredentials, ScyllaOptions, ScyllaStore, Store};
 use leases::Leases;
 use routing::Routing;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -43,13 +44,86 @@ pub struct StoreArgs {
         default_value = "{'class':'SimpleStrategy','replication_factor':1}"
     )]
     pub replication: String,
+    /// CQL username (with `--cql-password`).
+    #[arg(long, env = "HERALD_CQL_USER", requires = "cql_password")]
+    pub cql_user: Option<String>,
+    /// CQL password.
+    #[arg(
+        long,
+        env = "HERALD_CQL_PASSWORD",
+        hide_env_values = true,
+        requires = "cql_user"
+    )]
+    pub cql_password: Option<String>,
+    /// PEM CA of the database nodes' certificates: connect over TLS and verify them.
+    #[arg(long, env = "HERALD_CQL_TLS_CA")]
+    pub cql_tls_ca: Option<PathBuf>,
 }
 
 impl StoreArgs {
     fn options(&self) -> ScyllaOptions {
         let mut o = ScyllaOptions::new(self.cql.clone(), self.keyspace.clone());
         o.replication = self.replication.clone();
+        if let (Some(user), Some(password)) = (&self.cql_user, &self.cql_password) {
+            o.credentials = Some(CqlCredentials {
+                user: user.clone(),
+                password: password.clone(),
+            });
+        }
+        o.tls_ca = self.cql_tls_ca.clone();
         o
+    }
+}
+
+/// How this process reaches NATS securely.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NatsSecurityArgs {
+    /// NATS username (with `--nats-password`).
+    #[arg(long, env = "HERALD_NATS_USER", requires = "nats_password")]
+    pub nats_user: Option<String>,
+    /// NATS password.
+    #[arg(
+        long,
+        env = "HERALD_NATS_PASSWORD",
+        hide_env_values = true,
+        requires = "nats_user"
+    )]
+    pub nats_password: Option<String>,
+    /// NATS authentication token.
+    #[arg(long, env = "HERALD_NATS_TOKEN", hide_env_values = true, conflicts_with_all = ["nats_user", "nats_creds"])]
+    pub nats_token: Option<String>,
+    /// NATS credentials file (user JWT + NKey seed).
+    #[arg(long, env = "HERALD_NATS_CREDS", conflicts_with = "nats_user")]
+    pub nats_creds: Option<PathBuf>,
+    /// PEM CA of the NATS servers' certificates: TLS is then required.
+    #[arg(long, env = "HERALD_NATS_TLS_CA")]
+    pub nats_tls_ca: Option<PathBuf>,
+    /// PEM client certificate for NATS servers that verify clients (with `--nats-tls-key`).
+    #[arg(long, env = "HERALD_NATS_TLS_CERT", requires = "nats_tls_key")]
+    pub nats_tls_cert: Option<PathBuf>,
+    /// PEM key of `--nats-tls-cert`.
+    #[arg(long, env = "HERALD_NATS_TLS_KEY", requires = "nats_tls_cert")]
+    pub nats_tls_key: Option<PathBuf>,
+}
+
+impl NatsSecurityArgs {
+    fn apply(&self, o: &mut NatsOptions) {
+        o.auth = match (
+            &self.nats_user,
+            &self.nats_password,
+            &self.nats_token,
+            &self.nats_creds,
+        ) {
+            (Some(user), Some(password), _, _) => NatsAuth::UserPassword {
+                user: user.clone(),
+                password: password.clone(),
+            },
+            (_, _, Some(t), _) => NatsAuth::Token(t.clone()),
+            (_, _, _, Some(p)) => NatsAuth::CredentialsFile(p.clone()),
+            _ => NatsAuth::None,
+        };
+        o.tls_ca = self.nats_tls_ca.clone();
+        o.tls_client = self.nats_tls_cert.clone().zip(self.nats_tls_key.clone());
     }
 }
 
@@ -70,6 +144,8 @@ pub struct RoleArgs {
     /// NATS server URLs, comma-separated.
     #[arg(long, env = "HERALD_NATS_URL", value_delimiter = ',', required = true)]
     pub nats: Vec<String>,
+    #[command(flatten)]
+    pub nats_security: NatsSecurityArgs,
     /// This process's name in the cluster (default: random).
     #[arg(long, env = "HERALD_NODE_ID")]
     pub id: Option<String>,
@@ -83,6 +159,10 @@ pub struct RoleArgs {
     /// Shared by the dispatchers of a cluster to forward publishes to each other.
     #[arg(long, env = "HERALD_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
+    /// PEM CA of the dispatchers' certificates: they serve TLS (`--tls-cert`) and forward
+    /// publishes to each other over HTTPS, verifying each other against it.
+    #[arg(long, env = "HERALD_CLUSTER_TLS_CA")]
+    pub cluster_tls_ca: Option<PathBuf>,
 }
 
 pub fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
@@ -126,6 +206,9 @@ pub fn run(role: Role, args: RoleArgs) -> anyhow::Result<()> {
         jwt_secret: role == Role::Node,
     };
     let config = Config::load_for(&args.serve, needs)?;
+    if args.cluster_tls_ca.is_some() && config.tls.is_none() && role == Role::Dispatcher {
+        bail!("HERALD_CLUSTER_TLS_CA: the dispatchers forward over HTTPS, so each must serve it (HERALD_TLS_CERT and HERALD_TLS_KEY)");
+    }
     if config.dev {
         crate::serve::dev_banner();
     }
@@ -160,6 +243,7 @@ async fn serve_role(role: Role, args: RoleArgs, config: Config) -> anyhow::Resul
     let (store, connect_task) = ConnectingStore::start(args.store.options(), stop_rx.clone());
     let mut nats = NatsOptions::new(args.nats.clone());
     nats.name = format!("herald-{id}");
+    args.nats_security.apply(&mut nats);
     let (fabric, incoming) = NatsFabric::connect(nats)
         .await
         .context("setting up the NATS fabric")?;
@@ -196,7 +280,11 @@ async fn serve_role(role: Role, args: RoleArgs, config: Config) -> anyhow::Resul
             tasks.push(tokio::spawn(
                 leases.clone().run(store.clone(), stop_rx.clone()),
             ));
-            let routing = Arc::new(Routing::new(leases, secret)?);
+            let routing = Arc::new(Routing::new(
+                leases,
+                secret,
+                args.cluster_tls_ca.as_deref(),
+            )?);
             (None, Some(dispatcher), Some(routing))
         }
     };

@@ -27,21 +27,20 @@ pub struct Routing {
 }
 
 impl Routing {
-    pub fn new(leases: Arc<Leases>, secret: String) -> anyhow::Result<Self> {
+    pub fn new(
+        leases: Arc<Leases>,
+        secret: String,
+        tls_ca: Option<&std::path::Path>,
+    ) -> anyhow::Result<Self> {
         Ok(Self {
             leases,
-            forwarder: Forwarder::new(secret)?,
+            forwarder: Forwarder::new(secret, tls_ca)?,
         })
     }
 
     /// Whether `presented` is the cluster secret (constant-time).
     pub fn is_cluster_secret(&self, presented: &str) -> bool {
-        let (a, b) = (presented.as_bytes(), self.forwarder.secret().as_bytes());
-        let mut diff = a.len() ^ b.len();
-        for (i, x) in b.iter().enumerate() {
-            diff |= usize::from(x ^ a.get(i).copied().unwrap_or(0));
-        }
-        diff == 0
+        crate::auth::same_secret(presented, self.forwarder.secret())
     }
 
     /// Publishes `items` (validated by the caller), each on its channel's owner. Items
