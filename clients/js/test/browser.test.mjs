@@ -21,7 +21,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
-import { CHROMIUM, CHROMIUM_ARGS, signToken, withTimeout } from './support.mjs';
+import { CHROMIUM, CHROMIUM_ARGS, request, signToken, withTimeout } from './support.mjs';
 
 const TEST_DIR = path.dirname(fileURLToPath(import.meta.url));
 const PKG_DIR = path.resolve(TEST_DIR, '..');
@@ -148,30 +148,12 @@ function publish(base, channel, data, event) {
   if (event) payload.event = event;
   const body = JSON.stringify(payload);
   const url = new URL('/v1/publish', base);
-  const req = new Promise((resolve, reject) => {
-    const r = http.request(
-      url,
-      {
-        method: 'POST',
-        agent: false,
-        headers: {
-          authorization: `Bearer ${API_KEY}`,
-          'content-type': 'application/json',
-          'content-length': Buffer.byteLength(body),
-        },
-      },
-      (resp) => {
-        let text = '';
-        resp.setEncoding('utf8');
-        resp.on('data', (c) => (text += c));
-        resp.on('end', () => resolve({ status: resp.statusCode, text }));
-        resp.on('error', reject);
-      },
-    );
-    r.on('error', reject);
-    r.end(body);
-  });
-  return withTimeout(req, 10_000, `publish to ${channel}`).then(({ status, text }) => {
+  const headers = {
+    authorization: `Bearer ${API_KEY}`,
+    'content-type': 'application/json',
+    'content-length': Buffer.byteLength(body),
+  };
+  return request(http, url, { method: 'POST', headers }, body).then(({ status, text }) => {
     assert.ok(status >= 200 && status < 300, `publish to ${channel} got ${status}: ${text}`);
     const ack = JSON.parse(text);
     assert.equal(ack.channel, channel, `publish ack names the channel: ${text}`);

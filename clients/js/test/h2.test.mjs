@@ -15,7 +15,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
-import { CHROMIUM, CHROMIUM_ARGS, signToken, withTimeout } from './support.mjs';
+import { CHROMIUM, CHROMIUM_ARGS, request, signToken, withTimeout } from './support.mjs';
 
 const PKG_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const HERALD_BIN = path.resolve(PKG_DIR, process.env.HERALD_BIN || '../../target/debug/herald');
@@ -78,26 +78,14 @@ function startHerald(dataDir, tls) {
 }
 
 /** An HTTPS request trusting only the test's certificate: { status, text }. */
-function request(base, ca, method, pathname, body) {
-  const url = new URL(pathname, base);
+function call(base, ca, method, pathname, body) {
   const headers = { authorization: `Bearer ${API_KEY}` };
   if (body) headers['content-type'] = 'application/json';
-  const req = new Promise((resolve, reject) => {
-    const r = https.request(url, { method, ca, agent: false, headers }, (resp) => {
-      let text = '';
-      resp.setEncoding('utf8');
-      resp.on('data', (c) => (text += c));
-      resp.on('end', () => resolve({ status: resp.statusCode, text }));
-      resp.on('error', reject);
-    });
-    r.on('error', reject);
-    r.end(body);
-  });
-  return withTimeout(req, 10_000, `${method} ${pathname}`);
+  return request(https, new URL(pathname, base), { method, ca, headers }, body);
 }
 
 async function metric(base, ca, name) {
-  const { status, text } = await request(base, ca, 'GET', '/metrics');
+  const { status, text } = await call(base, ca, 'GET', '/metrics');
   assert.equal(status, 200, `/metrics: ${text}`);
   const line = text.split('\n').find((l) => l.startsWith(`${name} `));
   return line ? Number(line.split(' ')[1]) : NaN;
@@ -149,7 +137,7 @@ test('ten EventSources to one origin stream at once over HTTPS + HTTP/2', { time
 
   for (let i = 0; i < STREAMS; i++) {
     const body = JSON.stringify({ channel: `live:h${i}`, event: 'comment', data: { text: `hi-${i}` } });
-    const { status, text } = await request(base, ca, 'POST', '/v1/publish', body);
+    const { status, text } = await call(base, ca, 'POST', '/v1/publish', body);
     assert.equal(status, 200, text);
   }
   await page.waitForFunction(

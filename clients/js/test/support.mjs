@@ -36,3 +36,22 @@ export function signToken(claims, secret) {
   const sig = createHmac('sha256', secret).update(`${head}.${body}`).digest();
   return `${head}.${body}.${b64url(sig)}`;
 }
+
+/**
+ * One request on a connection of its own (`mod`: node:http or node:https), its whole answer
+ * as text: { status, text }.
+ */
+export function request(mod, url, options, body) {
+  const req = new Promise((resolve, reject) => {
+    const r = mod.request(url, { agent: false, ...options }, (resp) => {
+      let text = '';
+      resp.setEncoding('utf8');
+      resp.on('data', (c) => (text += c));
+      resp.on('end', () => resolve({ status: resp.statusCode, text }));
+      resp.on('error', reject);
+    });
+    r.on('error', reject);
+    r.end(body);
+  });
+  return withTimeout(req, 10_000, `${options.method || 'GET'} ${url}`);
+}

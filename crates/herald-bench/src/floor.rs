@@ -295,6 +295,7 @@ fn publish(
         epoch: Some(ch.epoch),
         seq: Some(ch.seq),
         duplicate: false,
+        error: None,
     };
     for s in gone {
         drop_conn(s, conns, channels, poll);

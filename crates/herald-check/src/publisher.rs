@@ -194,6 +194,13 @@ async fn batch_until_acked(
         let r = tokio::time::timeout(ATTEMPT_TIMEOUT, cfg.clients[d].publish_batch(msgs)).await;
         match r {
             Ok(Ok(results)) => {
+                if results.iter().any(|r| r.error.is_some()) {
+                    // Some items failed (207): send the batch again; its idempotency keys turn
+                    // the ones already stored into duplicates with their positions.
+                    shared.retried.fetch_add(1, Relaxed);
+                    tokio::time::sleep(Duration::from_millis(rng.gen_range(50..300))).await;
+                    continue;
+                }
                 if results.len() != msgs.len() {
                     shared.violations.lock().push(Violation::new(
                         Kind::Malformed,

@@ -9,13 +9,17 @@ pub enum ErrorKind {
     Unavailable,
 }
 
-/// A publish that was refused or failed; nothing of it was stored.
+/// A publish (or one item of it) that was refused or failed. Nothing of it was stored
+/// unless `maybe_stored` says it may have been: then only a retry with the same idempotency
+/// key tells (it answers `duplicate` with the position if it was).
 #[derive(Clone, Debug, Error)]
 #[error("{code}: {message}")]
 pub struct PublishError {
     pub kind: ErrorKind,
     pub code: &'static str,
     pub message: String,
+    /// The write may have landed (it failed or timed out after being sent to the store).
+    pub maybe_stored: bool,
 }
 
 impl PublishError {
@@ -24,7 +28,14 @@ impl PublishError {
             kind,
             code,
             message: message.into(),
+            maybe_stored: false,
         }
+    }
+
+    /// Marks the failure as one after which the message may have been stored.
+    pub fn maybe_stored(mut self) -> Self {
+        self.maybe_stored = true;
+        self
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {

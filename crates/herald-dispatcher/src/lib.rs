@@ -12,6 +12,9 @@ mod sequencer;
 mod stats;
 
 pub use error::{ErrorKind, PublishError};
+
+/// What became of one item of a publish request.
+pub type ItemResult = Result<PublishResult, PublishError>;
 pub use ownership::{Ownership, Term};
 pub use policy::{NamespacePolicy, Policies};
 pub use stats::DispatcherStats;
@@ -227,13 +230,14 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// Publishes validated items; returns their results in input order once every reliable
-    /// item is durably stored.
+    /// Publishes items: the outcome of each, in input order, once every reliable one is
+    /// durably stored or has failed. An `Err` refuses the request as a whole: nothing of it
+    /// was stored or sent.
     pub async fn publish(
         &self,
         publisher: &str,
         items: Vec<PublishItem>,
-    ) -> Result<Vec<PublishResult>, PublishError> {
+    ) -> Result<Vec<ItemResult>, PublishError> {
         self.validate(publisher, &items)?;
         if self.closed.load(Ordering::Acquire) {
             return Err(PublishError::unavailable(
@@ -241,44 +245,25 @@ impl Dispatcher {
                 "server is shutting down",
             ));
         }
-        let mut results: Vec<Option<PublishResult>> = vec![None; items.len()];
+        let mut results: Vec<Option<ItemResult>> = vec![None; items.len()];
         let mut reliable = Vec::new();
         let mut ephemeral = Vec::new();
-        let now = now_ms();
         for (i, item) in items.into_iter().enumerate() {
             if item.ephemeral {
-                results[i] = Some(PublishResult {
-                    channel: item.channel.clone(),
-                    epoch: None,
-                    seq: None,
-                    duplicate: false,
-                });
-                ephemeral.push(FabricMessage {
-                    channel: Arc::from(item.channel.as_str()),
-                    epoch: 0,
-                    seq: 0,
-                    ts_ms: now,
-                    event: Arc::from(item.event.as_deref().unwrap_or("message")),
-                    data: item.data,
-                    conflation_key: item.conflation_key.as_deref().map(Arc::from),
-                });
+                ephemeral.push((i, item));
             } else {
                 reliable.push((i, item));
             }
         }
-        if !ephemeral.is_empty() {
-            self.counters.add_ephemeral(ephemeral.len() as u64);
-            self.fabric
-                .publish(ephemeral)
-                .await
-                .map_err(|e| PublishError::unavailable("fabric_unavailable", e.to_string()))?;
-        }
+        // The reliable part first: a request refused as a whole (shutting down, leases not
+        // ready, the queue full) has then sent nothing, ephemeral items included.
         if !reliable.is_empty() {
             if let Some(o) = &self.ownership {
                 let channels: Vec<&str> =
                     reliable.iter().map(|(_, i)| i.channel.as_str()).collect();
                 o.ready(&channels, self.config.publish_timeout).await?;
             }
+            let indexes: Vec<usize> = reliable.iter().map(|(i, _)| *i).collect();
             let (reply, done) = oneshot::channel();
             let job = Job {
                 items: reliable,
@@ -301,22 +286,74 @@ impl Dispatcher {
                     ))
                 }
             }
-            let outcome = tokio::time::timeout(deadline, done)
-                .await
-                .map_err(|_| PublishError::unavailable("store_timeout", "durable write timed out"))?
-                .map_err(|_| {
-                    PublishError::unavailable("shutting_down", "server is shutting down")
-                })??;
-            for (i, r) in outcome {
-                results[i] = Some(r);
+            match tokio::time::timeout(deadline, done).await {
+                Ok(Ok(outcome)) => {
+                    for (i, r) in outcome {
+                        results[i] = Some(r);
+                    }
+                }
+                // The job was taken: its write may land after this answer.
+                Ok(Err(_)) | Err(_) => {
+                    let e = PublishError::unavailable(
+                        "store_timeout",
+                        "the durable write did not finish in time; it may have been stored: \
+                         retry with the same idempotency key",
+                    )
+                    .maybe_stored();
+                    for i in indexes {
+                        results[i] = Some(Err(e.clone()));
+                    }
+                }
             }
         }
-        results
+        if !ephemeral.is_empty() {
+            let now = now_ms();
+            let (indexes, messages): (Vec<usize>, Vec<FabricMessage>) = ephemeral
+                .into_iter()
+                .map(|(i, item)| {
+                    let m = FabricMessage {
+                        channel: Arc::from(item.channel.as_str()),
+                        epoch: 0,
+                        seq: 0,
+                        ts_ms: now,
+                        event: Arc::from(item.event.as_deref().unwrap_or("message")),
+                        data: item.data,
+                        conflation_key: item.conflation_key.as_deref().map(Arc::from),
+                    };
+                    (i, m)
+                })
+                .unzip();
+            let sent = self.fabric.publish(messages.clone()).await;
+            if sent.is_ok() {
+                self.counters.add_ephemeral(messages.len() as u64);
+            }
+            for (i, m) in indexes.into_iter().zip(&messages) {
+                results[i] = Some(match &sent {
+                    Ok(()) => Ok(PublishResult {
+                        channel: m.channel.to_string(),
+                        epoch: None,
+                        seq: None,
+                        duplicate: false,
+                        error: None,
+                    }),
+                    Err(e) => Err(PublishError::unavailable(
+                        "fabric_unavailable",
+                        e.to_string(),
+                    )),
+                });
+            }
+        }
+        Ok(results
             .into_iter()
             .map(|r| {
-                r.ok_or_else(|| PublishError::unavailable("internal", "a publish result was lost"))
+                r.unwrap_or_else(|| {
+                    Err(
+                        PublishError::unavailable("internal", "a publish result was lost")
+                            .maybe_stored(),
+                    )
+                })
             })
-            .collect()
+            .collect())
     }
 
     /// Whether publishes are taken without waiting for leases (always, for a sole writer).

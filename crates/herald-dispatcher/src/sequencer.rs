@@ -23,7 +23,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 /// Channels whose head is cached; past this the cache starts over (heads are re-read).
 const MAX_CACHED_HEADS: usize = 200_000;
 
-pub(crate) type JobResult = Result<Vec<(usize, PublishResult)>, PublishError>;
+/// What became of each item of a job, by its index in the request.
+pub(crate) type JobResult = Vec<(usize, Result<PublishResult, PublishError>)>;
 
 /// Reliable items of one publish request, with their index in the request.
 pub(crate) struct Job {
@@ -118,31 +119,27 @@ impl Sequencer {
         }
     }
 
-    /// Sequences and writes a group, then answers every job: a job whose items all
-    /// succeeded gets their results, any other the first failure among its items.
+    /// Sequences and writes a group, then answers every job with the outcome of each of its
+    /// items: one item's failure says nothing of the others, which may have been written.
     async fn commit_group(&mut self, group: Vec<Job>) {
         let mut out: Vec<Vec<Outcome>> = group.iter().map(|j| vec![None; j.items.len()]).collect();
         self.process(&group, &mut out).await;
         for (job, outcomes) in group.into_iter().zip(out) {
-            let mut answer = Vec::with_capacity(outcomes.len());
-            let mut failure = None;
-            for ((i, _), o) in job.items.iter().zip(outcomes) {
-                match o {
-                    Some(Ok(r)) => answer.push((*i, r)),
-                    Some(Err(e)) => {
-                        failure.get_or_insert(e);
-                    }
-                    None => {
-                        failure.get_or_insert_with(|| {
+            let answer = job
+                .items
+                .iter()
+                .zip(outcomes)
+                .map(|((i, _), o)| {
+                    let o = o.unwrap_or_else(|| {
+                        Err(
                             PublishError::unavailable("internal", "a publish result was lost")
-                        });
-                    }
-                }
-            }
-            let _ = job.reply.send(match failure {
-                None => Ok(answer),
-                Some(e) => Err(e),
-            });
+                                .maybe_stored(),
+                        )
+                    });
+                    (*i, o)
+                })
+                .collect();
+            let _ = job.reply.send(answer);
         }
     }
 
@@ -235,6 +232,7 @@ impl Sequencer {
                             epoch: Some(epoch),
                             seq: Some(seq),
                             duplicate: true,
+                            error: None,
                         }));
                         continue;
                     }
@@ -311,7 +309,8 @@ impl Sequencer {
                                  have been stored: retry with the same idempotency key",
                                 e.channel
                             ),
-                        )));
+                        )
+                        .maybe_stored()));
                         continue;
                     }
                     out[j][k] = Some(Ok(PublishResult {
@@ -319,6 +318,7 @@ impl Sequencer {
                         epoch: Some(e.epoch),
                         seq: Some(e.seq),
                         duplicate: false,
+                        error: None,
                     }));
                     last.insert(e.channel.as_str(), e.seq);
                     messages.push(FabricMessage {
@@ -335,7 +335,7 @@ impl Sequencer {
             Err(err) => {
                 tracing::error!(error = %err, "durable write failed; publishes refused");
                 self.counters.add_commit_failure();
-                let failure = store_error(&err);
+                let failure = store_error(&err).maybe_stored();
                 for (e, &(j, k, _)) in entries.iter().zip(owners) {
                     // Some of it may have landed: the next write re-reads where the log is.
                     self.heads.remove(&e.channel);
@@ -421,12 +421,11 @@ impl Sequencer {
     }
 }
 
-/// The lease moved between the publish's admission and its sequencing. Other items of the
-/// same request may have been written, so this is not `not_owner` (which routing retries
-/// elsewhere as nothing was written): the publisher retries, with its idempotency keys.
+/// The lease moved between the publish's admission and its sequencing; nothing of this
+/// item was written, so routing may send it to the new owner.
 fn not_owner(channel: &str) -> PublishError {
     PublishError::unavailable(
-        "lease_lost",
+        "not_owner",
         format!("this dispatcher no longer holds the lease of {channel}'s partition; retry"),
     )
 }

@@ -31,8 +31,9 @@ pub struct PublishBatchRequest {
     pub messages: Vec<PublishRequest>,
 }
 
-/// Response of a publish: the assigned position (absent for ephemeral messages).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Response of a publish: the assigned position (absent for ephemeral messages), or, for
+/// one item of a batch that failed while others did not, its `error`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PublishResult {
     pub channel: String,
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -42,6 +43,9 @@ pub struct PublishResult {
     /// The idempotency key was seen before; the position is the original one.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub duplicate: bool,
+    /// Why this item was not published (the others' results stand).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorDetail>,
 }
 
 /// Response of `POST /v1/publish/batch`, one result per message in order.
@@ -71,17 +75,26 @@ pub struct HistoryResponse {
     pub has_more: bool,
 }
 
-/// `{"error":{"code":…,"message":…}}`
+/// `{"error":{"code":…,"message":…}}`; a batch whose every item failed also says what
+/// became of each (`results`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub results: Option<Vec<PublishResult>>,
 }
 
 /// The inner object of [`ErrorBody`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorDetail {
     pub code: String,
     pub message: String,
+    /// On the publish endpoints: whether the message (any message of the request, for a
+    /// request-wide error) may have been stored. `false`: nothing was. `true`: the write
+    /// failed or timed out after reaching the store; a retry with the same idempotency key
+    /// settles it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maybe_stored: Option<bool>,
 }
 
 /// Appends `s` as a JSON string literal (quoted and escaped by serde_json).
@@ -334,6 +347,7 @@ mod tests {
             epoch: Some(1),
             seq: Some(2),
             duplicate: false,
+            error: None,
         };
         assert_eq!(
             serde_json::to_string(&r).expect("ser"),
@@ -344,6 +358,7 @@ mod tests {
             epoch: None,
             seq: None,
             duplicate: false,
+            error: None,
         };
         assert_eq!(
             serde_json::to_string(&eph).expect("ser"),

@@ -17,6 +17,36 @@ pub async fn run_all<S: Store + ?Sized>(store: &S) -> Result<(), StoreError> {
     trim_many_channels(store).await?;
     lists_channels(store).await?;
     acks_move_forward_only(store).await?;
+    racing_acks_keep_the_latest(store).await?;
+    Ok(())
+}
+
+/// Acks of one user sent at once (two tabs, retries) leave the latest, whatever order the
+/// store applies them in.
+pub async fn racing_acks_keep_the_latest<S: Store + ?Sized>(store: &S) -> Result<(), StoreError> {
+    const RACERS: u64 = 12;
+    for round in 0..4u64 {
+        let user = format!("racer{round}");
+        // The highest first, so a store that applies them in arrival order must not let
+        // the lower ones that land later move it back.
+        let acks = (1..=RACERS).rev().map(|seq| {
+            let ack = Ack {
+                epoch: 3,
+                seq: round * 100 + seq,
+                ts_ms: seq,
+            };
+            store.ack_set("conf:race", &user, ack)
+        });
+        for r in futures_util::future::join_all(acks).await {
+            r?;
+        }
+        let last = store.ack_get("conf:race", &user).await?;
+        assert_eq!(
+            last.map(|a| a.seq),
+            Some(round * 100 + RACERS),
+            "round {round}: racing acks left an older one"
+        );
+    }
     Ok(())
 }
 

@@ -4,36 +4,61 @@ use super::util::{eng, to_i64, to_u64};
 use super::ScyllaStore;
 use crate::{Ack, StoreError};
 
+/// Compare-and-set rounds an ack write tries before answering the value it found.
+const ACK_ROUNDS: usize = 8;
+
 impl ScyllaStore {
-    /// Read, compare, write: two acks of one user racing may leave the older one (a
-    /// client then resumes a little earlier and sees messages again, never fewer).
+    /// Moves the user's ack forward, never back: a compare-and-set on the value read, so two
+    /// acks racing (two tabs, a retry) leave the later position whatever order they land in.
+    /// One consensus round per ack that moves; an ack that does not move writes nothing.
     pub(super) async fn set_ack(
         &self,
         channel: &str,
         user: &str,
         ack: Ack,
     ) -> Result<Ack, StoreError> {
-        if let Some(current) = self.get_ack(channel, user).await? {
-            if !ack.is_after(&current) {
-                return Ok(current);
+        let st = self.statements().await?;
+        let (epoch, seq, ts) = (
+            to_i64("epoch", ack.epoch)?,
+            to_i64("seq", ack.seq)?,
+            to_i64("ts", ack.ts_ms)?,
+        );
+        for _ in 0..ACK_ROUNDS {
+            let applied = match self.get_ack(channel, user).await? {
+                Some(current) if !ack.is_after(&current) => return Ok(current),
+                Some(current) => {
+                    let cur = (to_i64("epoch", current.epoch)?, to_i64("seq", current.seq)?);
+                    self.inner
+                        .cql
+                        .lwt(
+                            &st.advance_ack,
+                            (epoch, seq, ts, channel, user, cur.0, cur.1),
+                            "advance ack",
+                        )
+                        .await?
+                }
+                None => {
+                    self.inner
+                        .cql
+                        .lwt(
+                            &st.insert_ack,
+                            (channel, user, epoch, seq, ts),
+                            "insert ack",
+                        )
+                        .await?
+                }
+            };
+            if applied {
+                return Ok(ack);
             }
         }
-        let st = self.statements().await?;
-        self.inner
-            .cql
-            .write(
-                &st.set_ack,
-                (
-                    channel,
-                    user,
-                    to_i64("epoch", ack.epoch)?,
-                    to_i64("seq", ack.seq)?,
-                    to_i64("ts", ack.ts_ms)?,
-                ),
-                "write ack",
-            )
-            .await?;
-        Ok(ack)
+        // Others kept moving it: what is there now is at least as recent as what they read.
+        match self.get_ack(channel, user).await? {
+            Some(current) if !ack.is_after(&current) => Ok(current),
+            _ => Err(StoreError::Engine(format!(
+                "ack of {user} on {channel}: still contended after {ACK_ROUNDS} rounds"
+            ))),
+        }
     }
 
     pub(super) async fn get_ack(

@@ -27,7 +27,10 @@ pub(super) struct Statements {
     pub get_idempotency: PreparedStatement,
     // acks
     pub get_ack: PreparedStatement,
-    pub set_ack: PreparedStatement,
+    /// The first ack of a user on a channel (conditional: nobody else wrote one meanwhile).
+    pub insert_ack: PreparedStatement,
+    /// Moves an ack forward from the value read (conditional: still that value).
+    pub advance_ack: PreparedStatement,
     pub list_acks: PreparedStatement,
     // leases
     pub lease_rows: PreparedStatement,
@@ -125,8 +128,14 @@ impl Statements {
                 "SELECT epoch, seq, ts FROM {ks}.acks WHERE channel = ? AND user = ?"
             ))
             .await?,
-            set_ack: p(format!(
-                "INSERT INTO {ks}.acks (channel, user, epoch, seq, ts) VALUES (?, ?, ?, ?, ?)"
+            insert_ack: p(format!(
+                "INSERT INTO {ks}.acks (channel, user, epoch, seq, ts) VALUES (?, ?, ?, ?, ?) \
+                 IF NOT EXISTS"
+            ))
+            .await?,
+            advance_ack: p(format!(
+                "UPDATE {ks}.acks SET epoch = ?, seq = ?, ts = ? WHERE channel = ? AND user = ? \
+                 IF epoch = ? AND seq = ?"
             ))
             .await?,
             list_acks: p(format!(

@@ -4,9 +4,8 @@
 //! an owner then handles a few batch requests instead of one request per forwarded publish.
 
 use super::leases::Member;
-use crate::server::error::ApiError;
-use herald_dispatcher::PublishItem;
-use herald_proto::{PublishBatchResponse, PublishResult};
+use herald_dispatcher::{ErrorKind, ItemResult, PublishError, PublishItem};
+use herald_proto::{ErrorBody, PublishBatchResponse, PublishResult};
 use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -23,40 +22,71 @@ const MAX_ITEMS: usize = 500;
 /// Publishes queued per owner before callers wait to queue.
 const QUEUE: usize = 4096;
 
-/// Why a forward failed.
+/// Why a forward failed as a whole.
 #[derive(Clone, Debug)]
 pub enum Forward {
     /// The request never reached the owner.
     Unreachable(String),
-    Failed {
-        status: u16,
-        code: &'static str,
-        message: String,
-    },
+    /// It failed for every item; the error says whether they may have been stored.
+    Failed(PublishError),
 }
 
 impl Forward {
-    fn failed(status: u16, code: &'static str, message: impl Into<String>) -> Self {
-        Forward::Failed {
-            status,
-            code,
-            message: message.into(),
-        }
-    }
-
-    pub fn into_api_error(self) -> ApiError {
-        match self {
-            Forward::Unreachable(m) => ApiError::new(503, "forward_failed", m),
-            Forward::Failed {
-                status,
-                code,
-                message,
-            } => ApiError::new(status, code, message),
-        }
+    fn failed(status: u16, code: &str, message: impl Into<String>, maybe_stored: bool) -> Self {
+        Forward::Failed(publish_error(status, code, message.into(), maybe_stored))
     }
 }
 
-type Reply = oneshot::Sender<Result<Vec<PublishResult>, Forward>>;
+/// Error codes an owner answers for a publish (others are reported as `owner_refused`).
+const KNOWN_CODES: [&str; 12] = [
+    "not_owner",
+    "lease_lost",
+    "store_unavailable",
+    "store_timeout",
+    "fabric_unavailable",
+    "shutting_down",
+    "overloaded",
+    "forward_failed",
+    "owner_refused",
+    "acquiring_leases",
+    "internal",
+    "rate_limited",
+];
+
+/// An owner's error as this dispatcher's own.
+fn publish_error(status: u16, code: &str, message: String, maybe_stored: bool) -> PublishError {
+    let kind = match status {
+        400 => ErrorKind::BadRequest,
+        403 => ErrorKind::Forbidden,
+        413 => ErrorKind::TooLarge,
+        _ => ErrorKind::Unavailable,
+    };
+    let (code, message) = match KNOWN_CODES.iter().find(|c| **c == code) {
+        Some(c) => (*c, message),
+        None => ("owner_refused", format!("{code}: {message}")),
+    };
+    let e = PublishError::new(kind, code, message);
+    if maybe_stored {
+        e.maybe_stored()
+    } else {
+        e
+    }
+}
+
+/// One item's result as the owner answered it.
+fn item_outcome(r: PublishResult) -> ItemResult {
+    match r.error {
+        None => Ok(r),
+        Some(d) => Err(publish_error(
+            503,
+            &d.code,
+            d.message,
+            d.maybe_stored.unwrap_or(true),
+        )),
+    }
+}
+
+type Reply = oneshot::Sender<Result<Vec<ItemResult>, Forward>>;
 
 struct Pending {
     publisher: String,
@@ -132,13 +162,13 @@ impl Forwarder {
         &self.client.secret
     }
 
-    /// Publishes `items` on `owner` for `publisher`; their results in order.
+    /// Publishes `items` on `owner` for `publisher`; what became of each, in order.
     pub async fn forward(
         &self,
         publisher: &str,
         owner: &Member,
         items: Vec<PublishItem>,
-    ) -> Result<Vec<PublishResult>, Forward> {
+    ) -> Result<Vec<ItemResult>, Forward> {
         let queue = self.queue(owner);
         let (reply, answer) = oneshot::channel();
         let pending = Pending {
@@ -152,6 +182,7 @@ impl Forwarder {
                 503,
                 "forward_failed",
                 format!("the queue to {} stayed full", owner.id),
+                false,
             ));
         }
         match tokio::time::timeout(REQUEST_TIMEOUT * 2, answer).await {
@@ -160,6 +191,7 @@ impl Forwarder {
                 503,
                 "forward_failed",
                 format!("no answer from {} in time", owner.id),
+                true,
             )),
         }
     }
@@ -208,7 +240,7 @@ async fn send_group(client: &Client, owner: &Member, publisher: String, group: V
         Ok(results) if results.len() == items.len() => {
             let mut results = results.into_iter();
             for p in group {
-                let mine: Vec<PublishResult> = results.by_ref().take(p.items.len()).collect();
+                let mine: Vec<ItemResult> = results.by_ref().take(p.items.len()).collect();
                 let _ = p.reply.send(Ok(mine));
             }
         }
@@ -222,6 +254,7 @@ async fn send_group(client: &Client, owner: &Member, publisher: String, group: V
                     results.len(),
                     items.len()
                 ),
+                true,
             );
             for p in group {
                 let _ = p.reply.send(Err(e.clone()));
@@ -240,14 +273,14 @@ async fn send(
     owner: &Member,
     publisher: &str,
     items: &[&PublishItem],
-) -> Result<Vec<PublishResult>, Forward> {
+) -> Result<Vec<ItemResult>, Forward> {
     let mut raws = Vec::with_capacity(items.len());
     for item in items {
         let text = String::from_utf8(item.data.to_vec())
-            .map_err(|e| Forward::failed(500, "internal", e.to_string()))?;
+            .map_err(|e| Forward::failed(500, "internal", e.to_string(), false))?;
         raws.push(
             RawValue::from_string(text)
-                .map_err(|e| Forward::failed(500, "internal", e.to_string()))?,
+                .map_err(|e| Forward::failed(500, "internal", e.to_string(), false))?,
         );
     }
     let messages = items
@@ -279,6 +312,7 @@ async fn send(
                     503,
                     "forward_failed",
                     format!("forwarding to {}: {e}", owner.id),
+                    true,
                 )
             }
         })?;
@@ -286,24 +320,35 @@ async fn send(
     let body = resp
         .bytes()
         .await
-        .map_err(|e| Forward::failed(503, "forward_failed", e.to_string()))?;
-    if !status.is_success() {
-        let text = String::from_utf8_lossy(&body);
-        if status.as_u16() == 503 && text.contains("\"not_owner\"") {
-            // The lease moved before anything was written there: route again.
-            return Err(Forward::failed(
-                503,
-                "not_owner",
-                format!("{} no longer holds the channel's lease", owner.id),
-            ));
-        }
-        return Err(Forward::failed(
+        .map_err(|e| Forward::failed(503, "forward_failed", e.to_string(), true))?;
+    if status.is_success() {
+        let parsed: PublishBatchResponse = serde_json::from_slice(&body)
+            .map_err(|e| Forward::failed(502, "forward_failed", e.to_string(), true))?;
+        return Ok(parsed.results.into_iter().map(item_outcome).collect());
+    }
+    match serde_json::from_slice::<ErrorBody>(&body) {
+        // Every item failed: each says how.
+        Ok(ErrorBody {
+            results: Some(results),
+            ..
+        }) => Ok(results.into_iter().map(item_outcome).collect()),
+        // Refused as a whole: its `maybe_stored` says what may have been written
+        // (`not_owner`: nothing, and routing sends the items to the new owner).
+        Ok(ErrorBody { error, .. }) => Err(Forward::failed(
+            status.as_u16(),
+            &error.code,
+            format!("channel owner {}: {}", owner.id, error.message),
+            error.maybe_stored.unwrap_or(true),
+        )),
+        Err(_) => Err(Forward::failed(
             if status.as_u16() == 503 { 503 } else { 502 },
             "owner_refused",
-            format!("channel owner {} answered {status}: {text}", owner.id),
-        ));
+            format!(
+                "channel owner {} answered {status}: {}",
+                owner.id,
+                String::from_utf8_lossy(&body)
+            ),
+            true,
+        )),
     }
-    let parsed: PublishBatchResponse = serde_json::from_slice(&body)
-        .map_err(|e| Forward::failed(502, "forward_failed", e.to_string()))?;
-    Ok(parsed.results)
 }

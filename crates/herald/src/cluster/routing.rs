@@ -8,8 +8,7 @@
 use super::forwarder::{Forward, Forwarder};
 use super::leases::{Leases, Member, Route};
 use crate::server::error::ApiError;
-use herald_dispatcher::{Dispatcher, PublishItem};
-use herald_proto::PublishResult;
+use herald_dispatcher::{Dispatcher, ItemResult, PublishError, PublishItem};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,17 +42,18 @@ impl Routing {
         crate::auth::same_secret(presented, self.forwarder.secret())
     }
 
-    /// Publishes `items` (validated by the caller), each on its channel's owner. Items
-    /// refused with `not_owner` (the lease moved before anything was written) are routed
-    /// again, a few times, as the lease table is re-read.
+    /// Publishes `items`, each on its channel's owner: what became of each, in order. Items
+    /// refused with `not_owner` (the lease moved before anything of them was written) are
+    /// routed again, a few times, as the lease table is re-read. An `Err` refuses the whole
+    /// request before anything was written.
     pub async fn publish(
         &self,
         dispatcher: &Dispatcher,
         publisher: &str,
         items: Vec<PublishItem>,
-    ) -> Result<Vec<PublishResult>, ApiError> {
+    ) -> Result<Vec<ItemResult>, ApiError> {
         dispatcher.validate(publisher, &items)?;
-        let mut results: Vec<Option<PublishResult>> = vec![None; items.len()];
+        let mut results: Vec<Option<ItemResult>> = vec![None; items.len()];
         let mut pending: Vec<(usize, PublishItem)> = items.into_iter().enumerate().collect();
         let deadline = tokio::time::Instant::now() + REROUTE_FOR;
         let mut pause = REROUTE_PAUSE;
@@ -77,15 +77,13 @@ impl Routing {
             let local_call = self.local(dispatcher, publisher, local);
             let (local_out, remote_out) =
                 tokio::join!(local_call, futures_util::future::join_all(remote_calls));
-            for part in std::iter::once(local_out).chain(remote_out) {
-                match part {
-                    Ok(done) => {
-                        for (i, r) in done {
-                            results[i] = Some(r);
-                        }
-                    }
-                    Err((e, items)) if e.code == "not_owner" && !last_try => pending.extend(items),
-                    Err((e, _)) => return Err(e),
+            for ((i, item), outcome) in local_out
+                .into_iter()
+                .chain(remote_out.into_iter().flatten())
+            {
+                match outcome {
+                    Err(e) if e.code == "not_owner" && !last_try => pending.push((i, item)),
+                    other => results[i] = Some(other),
                 }
             }
             if pending.is_empty() {
@@ -94,25 +92,33 @@ impl Routing {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(400));
         }
-        results
+        Ok(results
             .into_iter()
-            .map(|r| r.ok_or_else(|| ApiError::new(500, "internal", "a publish result was lost")))
-            .collect()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(
+                        PublishError::unavailable("internal", "a publish result was lost")
+                            .maybe_stored(),
+                    )
+                })
+            })
+            .collect())
     }
 
+    /// Publishes `items` here: each with its outcome.
     async fn local(
         &self,
         dispatcher: &Dispatcher,
         publisher: &str,
         items: Vec<(usize, PublishItem)>,
-    ) -> Result<Vec<(usize, PublishResult)>, (ApiError, Vec<(usize, PublishItem)>)> {
+    ) -> Vec<((usize, PublishItem), ItemResult)> {
         if items.is_empty() {
-            return Ok(Vec::new());
+            return Vec::new();
         }
-        let (idx, list): (Vec<usize>, Vec<PublishItem>) = items.iter().cloned().unzip();
+        let list: Vec<PublishItem> = items.iter().map(|(_, it)| it.clone()).collect();
         match dispatcher.publish(publisher, list).await {
-            Ok(out) => Ok(idx.into_iter().zip(out).collect()),
-            Err(e) => Err((e.into(), items)),
+            Ok(out) => items.into_iter().zip(out).collect(),
+            Err(e) => items.into_iter().map(|it| (it, Err(e.clone()))).collect(),
         }
     }
 
@@ -122,19 +128,18 @@ impl Routing {
         publisher: &str,
         owner: Member,
         items: Vec<(usize, PublishItem)>,
-    ) -> Result<Vec<(usize, PublishResult)>, (ApiError, Vec<(usize, PublishItem)>)> {
+    ) -> Vec<((usize, PublishItem), ItemResult)> {
         let list: Vec<PublishItem> = items.iter().map(|(_, it)| it.clone()).collect();
-        let results = match self.forwarder.forward(publisher, &owner, list).await {
-            Ok(r) => r,
+        match self.forwarder.forward(publisher, &owner, list).await {
+            // The forwarder answers each caller exactly as many results as it sent.
+            Ok(results) => items.into_iter().zip(results).collect(),
             Err(Forward::Unreachable(e)) => {
                 // Nothing reached the owner, so publishing here cannot duplicate anything;
                 // this dispatcher waits for the lease (the owner's expires if it is gone).
                 tracing::info!(owner = %owner.id, error = %e, "channel owner unreachable; publishing here");
-                return self.local(dispatcher, publisher, items).await;
+                self.local(dispatcher, publisher, items).await
             }
-            Err(e) => return Err((e.into_api_error(), items)),
-        };
-        // The forwarder answers each caller exactly as many results as it sent.
-        Ok(items.into_iter().map(|(i, _)| i).zip(results).collect())
+            Err(Forward::Failed(e)) => items.into_iter().map(|it| (it, Err(e.clone()))).collect(),
+        }
     }
 }

@@ -14,6 +14,8 @@ pub struct ApiError {
     pub message: String,
     /// When to come back, for 429 and 503 (default 5 s).
     pub retry_after: Option<Duration>,
+    /// On the publish endpoints: whether anything of the request may have been stored.
+    pub maybe_stored: Option<bool>,
 }
 
 impl ApiError {
@@ -23,6 +25,22 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            maybe_stored: None,
+        }
+    }
+
+    /// Says whether anything may have been stored (the publish endpoints say it always).
+    pub fn stored(mut self, maybe: bool) -> Self {
+        self.maybe_stored = Some(maybe);
+        self
+    }
+
+    /// The error object of the body.
+    pub fn detail(&self) -> herald_proto::ErrorDetail {
+        herald_proto::ErrorDetail {
+            code: self.code.to_owned(),
+            message: self.message.clone(),
+            maybe_stored: self.maybe_stored,
         }
     }
 
@@ -46,11 +64,25 @@ impl ApiError {
     }
 
     pub fn into_response(self) -> Response<ResponseBody> {
+        let body = match self.maybe_stored {
+            None => herald_proto::error_json(self.code, &self.message),
+            Some(_) => error_body(self.detail(), None),
+        };
+        self.response_with(body)
+    }
+
+    /// The response of a batch whose every item failed: this error, and each item's.
+    pub fn into_batch_response(
+        self,
+        results: Vec<herald_proto::PublishResult>,
+    ) -> Response<ResponseBody> {
+        let body = error_body(self.detail(), Some(results));
+        self.response_with(body)
+    }
+
+    fn response_with(self, body: Vec<u8>) -> Response<ResponseBody> {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut resp = Response::new(ResponseBody::full(herald_proto::error_json(
-            self.code,
-            &self.message,
-        )));
+        let mut resp = Response::new(ResponseBody::full(body));
         *resp.status_mut() = status;
         resp.headers_mut().insert(
             http::header::CONTENT_TYPE,
@@ -71,6 +103,15 @@ impl ApiError {
     }
 }
 
+fn error_body(
+    error: herald_proto::ErrorDetail,
+    results: Option<Vec<herald_proto::PublishResult>>,
+) -> Vec<u8> {
+    let body = herald_proto::ErrorBody { error, results };
+    serde_json::to_vec(&body)
+        .unwrap_or_else(|_| herald_proto::error_json("internal", "unserializable error"))
+}
+
 impl From<herald_dispatcher::PublishError> for ApiError {
     fn from(e: herald_dispatcher::PublishError) -> Self {
         use herald_dispatcher::ErrorKind;
@@ -80,6 +121,6 @@ impl From<herald_dispatcher::PublishError> for ApiError {
             ErrorKind::Forbidden => 403,
             ErrorKind::Unavailable => 503,
         };
-        ApiError::new(status, e.code, e.message)
+        ApiError::new(status, e.code, e.message).stored(e.maybe_stored)
     }
 }

@@ -6,8 +6,8 @@ use super::router::json;
 use super::State;
 use crate::cluster::routing::FORWARDED_FOR;
 use bytes::Bytes;
-use herald_dispatcher::PublishItem;
-use herald_proto::{PublishBatchRequest, PublishBatchResponse, PublishRequest};
+use herald_dispatcher::{ItemResult, PublishItem};
+use herald_proto::{PublishBatchRequest, PublishBatchResponse, PublishRequest, PublishResult};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -22,6 +22,29 @@ pub async fn single(
     state: &Arc<State>,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, ApiError> {
+    single_item(state, req).await.map_err(says_stored)
+}
+
+pub async fn batch(
+    state: &Arc<State>,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, ApiError> {
+    batch_items(state, req).await.map_err(says_stored)
+}
+
+/// An error of the publish endpoints says whether anything may have been stored; one that
+/// came before any write (auth, parsing, limits) says it was not.
+fn says_stored(e: ApiError) -> ApiError {
+    match e.maybe_stored {
+        Some(_) => e,
+        None => e.stored(false),
+    }
+}
+
+async fn single_item(
+    state: &Arc<State>,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, ApiError> {
     let dispatcher = state.dispatcher()?;
     let (publisher, forwarded) = publisher_of(state, req.headers())?;
     let limit = dispatcher.policies().largest_payload() + ENVELOPE_ALLOWANCE;
@@ -30,13 +53,14 @@ pub async fn single(
     let started = Instant::now();
     let mut results = publish(state, dispatcher, &publisher, forwarded, vec![item(parsed)]).await?;
     state.publish_latency.observe(started.elapsed());
-    let result = results
-        .pop()
-        .ok_or_else(|| ApiError::new(500, "internal", "no publish result"))?;
-    json(&result)
+    match results.pop() {
+        Some(Ok(result)) => json(&result),
+        Some(Err(e)) => Err(e.into()),
+        None => Err(ApiError::new(500, "internal", "no publish result").stored(true)),
+    }
 }
 
-pub async fn batch(
+async fn batch_items(
     state: &Arc<State>,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, ApiError> {
@@ -59,10 +83,48 @@ pub async fn batch(
         ));
     }
     let items: Vec<PublishItem> = parsed.messages.into_iter().map(item).collect();
+    let channels: Vec<String> = items.iter().map(|i| i.channel.clone()).collect();
     let started = Instant::now();
-    let results = publish(state, dispatcher, &publisher, forwarded, items).await?;
+    let outcomes = publish(state, dispatcher, &publisher, forwarded, items).await?;
     state.publish_latency.observe(started.elapsed());
-    json(&PublishBatchResponse { results })
+    Ok(batch_response(channels, outcomes))
+}
+
+/// 200 when every item was published; 207 with each item's result or error when some
+/// were and some were not; when none was, the first item's error status, with every item's
+/// error beside it.
+fn batch_response(channels: Vec<String>, outcomes: Vec<ItemResult>) -> Response<ResponseBody> {
+    let failed = outcomes.iter().filter(|o| o.is_err()).count();
+    let mut first_error: Option<ApiError> = None;
+    let mut maybe_stored = false;
+    let results: Vec<PublishResult> = channels
+        .into_iter()
+        .zip(outcomes)
+        .map(|(channel, o)| match o {
+            Ok(r) => r,
+            Err(e) => {
+                let e = ApiError::from(e);
+                maybe_stored |= e.maybe_stored == Some(true);
+                let detail = e.detail();
+                first_error.get_or_insert(e);
+                PublishResult {
+                    channel,
+                    error: Some(detail),
+                    ..PublishResult::default()
+                }
+            }
+        })
+        .collect();
+    match first_error {
+        None => json(&PublishBatchResponse { results }).unwrap_or_else(ApiError::into_response),
+        Some(e) if failed == results.len() => e.stored(maybe_stored).into_batch_response(results),
+        Some(_) => {
+            let mut resp =
+                json(&PublishBatchResponse { results }).unwrap_or_else(ApiError::into_response);
+            *resp.status_mut() = http::StatusCode::MULTI_STATUS;
+            resp
+        }
+    }
 }
 
 /// The publisher's name, and whether the request was forwarded by another dispatcher of
@@ -89,13 +151,14 @@ fn publisher_of(state: &State, headers: &http::HeaderMap) -> Result<(String, boo
     Ok((state.auth.publisher(headers)?, false))
 }
 
+/// Each item's outcome; an `Err` refuses the whole request before anything was written.
 async fn publish(
     state: &State,
     dispatcher: &herald_dispatcher::Dispatcher,
     publisher: &str,
     forwarded: bool,
     items: Vec<PublishItem>,
-) -> Result<Vec<herald_proto::PublishResult>, ApiError> {
+) -> Result<Vec<ItemResult>, ApiError> {
     // The dispatcher that took the request counted it; the owner it was forwarded to does not
     // count it again.
     if !forwarded {

@@ -882,3 +882,82 @@ async fn roles_start_before_nats_and_become_ready() -> anyhow::Result<()> {
     cluster.passed();
     Ok(())
 }
+
+/// A batch whose channels belong to two dispatchers, one of them stalled (SIGSTOP): the
+/// answer is per item (207): the items the live owner wrote have their positions, the ones
+/// forwarded to the stalled owner say `maybe_stored` (the request reached it). Retried with
+/// their idempotency keys once it is back, every message is stored exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_over_two_owners_answers_per_item_when_one_stalls() -> anyhow::Result<()> {
+    let test = "a_batch_over_two_owners_answers_per_item_when_one_stalls";
+    let spec = Spec {
+        nodes: 1,
+        ..Spec::default()
+    };
+    let Some(cluster) = Cluster::start(test, spec).await? else {
+        return Ok(());
+    };
+    const N: usize = 16;
+    let messages: Vec<Publish> = (0..N)
+        .map(|i| {
+            let mut m = Publish::new(format!("split:{i}"), json!({ "i": i }));
+            m.idempotency_key = Some(format!("k{i}"));
+            m
+        })
+        .collect();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()?;
+    let post = |msgs: Vec<Publish>| {
+        http.post(format!("{}/v1/publish/batch", cluster.dispatchers[0].base))
+            .bearer_auth(crate::common::API_KEY)
+            .json(&json!({ "messages": msgs }))
+            .send()
+    };
+    cluster.dispatchers[1].signal(libc::SIGSTOP);
+    let resp = post(messages.clone()).await?;
+    let status = resp.status().as_u16();
+    let body: serde_json::Value = resp.json().await?;
+    cluster.dispatchers[1].signal(libc::SIGCONT);
+    assert_eq!(status, 207, "a batch over two owners, one stalled: {body}");
+    let results = body["results"].as_array().context("results")?;
+    assert_eq!(results.len(), N, "{body}");
+    let mut failed = Vec::new();
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(r["channel"], format!("split:{i}"), "{body}");
+        if r["seq"].is_u64() {
+            assert!(r.get("error").is_none(), "{r}");
+        } else {
+            assert_eq!(r["error"]["code"], "forward_failed", "{r}");
+            assert_eq!(r["error"]["maybe_stored"], true, "{r}");
+            failed.push(messages[i].clone());
+        }
+    }
+    assert!(
+        !failed.is_empty() && failed.len() < N,
+        "both owners had channels: {} failed of {N}",
+        failed.len()
+    );
+    // The stalled owner is back (or its leases moved): the retry settles each failed item.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let resp = post(failed.clone()).await?;
+        if resp.status() == 200 {
+            break;
+        }
+        let text = resp.text().await?;
+        assert!(Instant::now() < deadline, "the retry kept failing: {text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let reader = cluster.dispatchers[0].publisher();
+    for (i, m) in messages.iter().enumerate() {
+        let h = full_history(&reader, &m.channel).await?;
+        let data: Vec<serde_json::Value> = h
+            .iter()
+            .map(|x| serde_json::from_str(x.data.get()).unwrap_or_default())
+            .collect();
+        assert_eq!(data, vec![json!({ "i": i })], "{}: stored once", m.channel);
+    }
+    cluster.passed();
+    Ok(())
+}
