@@ -178,7 +178,7 @@ impl SseConn {
 
     /// Heartbeat comments seen so far.
     pub fn comments(&self) -> u64 {
-        self.parser.comments
+        self.parser.comments()
     }
 }
 
@@ -253,68 +253,27 @@ impl Chunked {
     }
 }
 
-/// Event-stream parser that keeps, per block, whether it had an `id:` field. Lines end in
-/// `\n` (a trailing `\r` is dropped).
+/// The event-stream parser of `herald-proto` (the one clients use), keeping for each event
+/// the `id:` field of its own block, if it had one.
 #[derive(Default)]
 pub struct Parser {
-    line: Vec<u8>,
-    id: Option<String>,
-    event: Option<String>,
-    data: Option<String>,
-    comments: u64,
+    inner: herald_proto::SseParser,
 }
 
 impl Parser {
     pub fn push(&mut self, bytes: &[u8], out: &mut Vec<RawEvent>) {
-        for &b in bytes {
-            if b == b'\n' {
-                let mut line = std::mem::take(&mut self.line);
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
-                self.line_done(&line, out);
-                self.line = line;
-                self.line.clear();
-            } else {
-                self.line.push(b);
-            }
+        for (e, id) in self.inner.push_with_block_ids(bytes) {
+            out.push(RawEvent {
+                id,
+                event: e.event,
+                data: e.data,
+            });
         }
     }
 
-    fn line_done(&mut self, line: &[u8], out: &mut Vec<RawEvent>) {
-        if line.is_empty() {
-            let id = self.id.take();
-            let event = self.event.take();
-            if let Some(data) = self.data.take() {
-                out.push(RawEvent {
-                    id,
-                    event: event.unwrap_or_else(|| "message".to_owned()),
-                    data,
-                });
-            }
-            return;
-        }
-        if line[0] == b':' {
-            self.comments += 1;
-            return;
-        }
-        let text = String::from_utf8_lossy(line);
-        let (field, value) = match text.split_once(':') {
-            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
-            None => (&*text, ""),
-        };
-        match field {
-            "id" => self.id = Some(value.to_owned()),
-            "event" => self.event = Some(value.to_owned()),
-            "data" => match &mut self.data {
-                Some(d) => {
-                    d.push('\n');
-                    d.push_str(value);
-                }
-                None => self.data = Some(value.to_owned()),
-            },
-            _ => {}
-        }
+    /// Comment lines seen (heartbeats).
+    pub fn comments(&self) -> u64 {
+        self.inner.comments_seen()
     }
 }
 
@@ -352,7 +311,7 @@ mod tests {
                 },
             ]
         );
-        assert_eq!(p.comments, 1);
+        assert_eq!(p.comments(), 1);
     }
 
     #[test]

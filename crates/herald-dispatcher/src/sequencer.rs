@@ -19,9 +19,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
 
 /// Channels whose head is cached; past this the cache starts over (heads are re-read).
 const MAX_CACHED_HEADS: usize = 200_000;
+/// Writes of `landed` marks in flight; past this a commit waits for one to finish.
+const MAX_MARKS_IN_FLIGHT: usize = 64;
 
 /// What became of each item of a job, by its index in the request.
 pub(crate) type JobResult = Vec<(usize, Result<PublishResult, PublishError>)>;
@@ -56,6 +59,10 @@ pub(crate) struct Sequencer {
     written: Arc<Written>,
     policies: Policies,
     ownership: Option<Arc<dyn Ownership>>,
+    /// Acknowledged entries with idempotency keys, to mark `landed` after the answers.
+    landed: Vec<AppendEntry>,
+    /// Those marks being written; they end with the sequencer.
+    marks: JoinSet<()>,
 }
 
 impl Sequencer {
@@ -78,6 +85,8 @@ impl Sequencer {
             written,
             policies: config.policies.clone(),
             ownership,
+            landed: Vec::new(),
+            marks: JoinSet::new(),
         }
     }
 
@@ -141,6 +150,27 @@ impl Sequencer {
                 .collect();
             let _ = job.reply.send(answer);
         }
+        self.mark_landed().await;
+    }
+
+    /// Marks the idempotency records of what was just acknowledged, off the publish path: a
+    /// mark that fails or never happens leaves a record that still counts while its message
+    /// row lives.
+    async fn mark_landed(&mut self) {
+        while self.marks.try_join_next().is_some() {}
+        if self.landed.is_empty() {
+            return;
+        }
+        while self.marks.len() >= MAX_MARKS_IN_FLIGHT {
+            self.marks.join_next().await;
+        }
+        let entries = std::mem::take(&mut self.landed);
+        let store = self.store.clone();
+        self.marks.spawn(async move {
+            if let Err(e) = store.idempotency_landed(&entries).await {
+                tracing::warn!(error = %e, "marking idempotency records landed failed");
+            }
+        });
     }
 
     fn term_of(&self, channel: &str) -> Option<Term> {
@@ -320,6 +350,9 @@ impl Sequencer {
                         duplicate: false,
                         error: None,
                     }));
+                    if e.idempotency.is_some() {
+                        self.landed.push(e.clone());
+                    }
                     last.insert(e.channel.as_str(), e.seq);
                     messages.push(FabricMessage {
                         channel: Arc::from(e.channel.as_str()),

@@ -15,6 +15,7 @@
 
 use crate::FabricMessage;
 use bytes::{BufMut, Bytes, BytesMut};
+use herald_proto::varint::{self, VarintError};
 use std::sync::Arc;
 use thiserror::Error;
 
@@ -101,12 +102,9 @@ pub fn decode(channel: Arc<str>, payload: Bytes) -> Result<FabricMessage, Decode
     })
 }
 
-fn put_varint(buf: &mut BytesMut, mut v: u64) {
-    while v >= 0x80 {
-        buf.put_u8((v as u8) | 0x80);
-        v >>= 7;
-    }
-    buf.put_u8(v as u8);
+fn put_varint(buf: &mut BytesMut, v: u64) {
+    let mut tmp = [0u8; varint::MAX_LEN];
+    buf.put_slice(varint::encode(v, &mut tmp));
 }
 
 struct Reader<'a> {
@@ -122,19 +120,15 @@ impl<'a> Reader<'a> {
     }
 
     fn varint(&mut self, what: &'static str) -> Result<u64, DecodeError> {
-        let mut v: u64 = 0;
-        for i in 0..10 {
-            let b = self.byte().ok_or(DecodeError::Truncated(what))?;
-            // The tenth byte holds bit 63 only; anything more would be silently lost.
-            if i == 9 && b > 1 {
-                return Err(DecodeError::Overflow(what));
+        let (v, used) = varint::decode(&self.buf[self.pos..]).map_err(|e| match e {
+            VarintError::Truncated => DecodeError::Truncated(what),
+            VarintError::Overflow => DecodeError::Overflow(what),
+            VarintError::NonMinimal => {
+                DecodeError::Invalid(what, "a varint longer than needed".into())
             }
-            v |= u64::from(b & 0x7f) << (7 * i);
-            if b & 0x80 == 0 {
-                return Ok(v);
-            }
-        }
-        Err(DecodeError::Overflow(what))
+        })?;
+        self.pos += used;
+        Ok(v)
     }
 
     fn str(&mut self, len: u64, what: &'static str) -> Result<&'a str, DecodeError> {
@@ -215,6 +209,11 @@ mod tests {
             1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02,
         ];
         assert_eq!(err(&overflow), DecodeError::Overflow("epoch"));
+        // One value, one encoding (the proto's varint codec): no padded forms.
+        assert!(matches!(
+            err(&[1, 0x80, 0x00]),
+            DecodeError::Invalid("epoch", _)
+        ));
         assert_eq!(err(&[1, 0, 0, 0, 5, b'a']), DecodeError::Truncated("event"));
         assert_eq!(err(&[1, 0, 0, 0, 1, 0xff, 0]), DecodeError::Utf8("event"));
         assert_eq!(

@@ -54,6 +54,12 @@ impl Store for HeldReads {
     ) -> Result<Option<IdempotencyRecord>, StoreError> {
         self.inner.idempotency_get(channel, key, now_ms).await
     }
+    async fn idempotency_landed(
+        &self,
+        entries: &[herald_store::AppendEntry],
+    ) -> Result<(), StoreError> {
+        self.inner.idempotency_landed(entries).await
+    }
     async fn trim(
         &self,
         channel: &str,

@@ -15,7 +15,7 @@ pub mod token;
 mod b64;
 mod fnv;
 mod num;
-mod varint;
+pub mod varint;
 
 pub use channel::*;
 pub use cursor::*;

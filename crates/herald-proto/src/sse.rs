@@ -79,6 +79,9 @@ pub struct SseEvent {
     pub data: String,
 }
 
+/// Receives each dispatched event with the `id:` field of its own block, if it had one.
+type Sink<'a> = dyn FnMut(SseEvent, Option<String>) + 'a;
+
 /// Incremental EventSource stream parser. Feed it bytes with arbitrary chunk boundaries.
 ///
 /// Follows the WHATWG rules: lines end in `\r\n`, `\n` or `\r`; one leading BOM is ignored;
@@ -108,6 +111,8 @@ pub struct SseParser {
     last_event_id: Option<String>,
     retry: Option<u64>,
     comments: u64,
+    /// The `id:` value of the block being read, if it has one.
+    block_id: Option<String>,
 }
 
 impl SseParser {
@@ -119,6 +124,20 @@ impl SseParser {
     /// character or between `'\r'` and `'\n'`); returns the events dispatched by this chunk.
     pub fn push(&mut self, chunk: &[u8]) -> Vec<SseEvent> {
         let mut events = Vec::new();
+        self.feed(chunk, &mut |e, _| events.push(e));
+        events
+    }
+
+    /// As [`SseParser::push`], with the `id:` field of each event's own block, if it had one:
+    /// `id` persists from block to block, and a checker needs to know which events carried
+    /// one themselves.
+    pub fn push_with_block_ids(&mut self, chunk: &[u8]) -> Vec<(SseEvent, Option<String>)> {
+        let mut events = Vec::new();
+        self.feed(chunk, &mut |e, id| events.push((e, id)));
+        events
+    }
+
+    fn feed(&mut self, chunk: &[u8], events: &mut Sink<'_>) {
         let mut input = self.skip_bom(chunk);
         if self.pending_cr {
             if let Some((&first, rest)) = input.split_first() {
@@ -145,11 +164,10 @@ impl SseParser {
                             None => self.pending_cr = true,
                         }
                     }
-                    self.end_line(&mut events);
+                    self.end_line(events);
                 }
             }
         }
-        events
     }
 
     /// The last event ID string (set when an event block is dispatched).
@@ -204,7 +222,7 @@ impl SseParser {
         }
     }
 
-    fn end_line(&mut self, events: &mut Vec<SseEvent>) {
+    fn end_line(&mut self, events: &mut Sink<'_>) {
         if self.line_overflow {
             self.line_overflow = false;
             self.line.clear();
@@ -217,7 +235,7 @@ impl SseParser {
         self.line.clear();
     }
 
-    fn process_line(&mut self, line: &[u8], events: &mut Vec<SseEvent>) {
+    fn process_line(&mut self, line: &[u8], events: &mut Sink<'_>) {
         let Some(&first) = line.first() else {
             self.dispatch(events);
             return;
@@ -239,8 +257,12 @@ impl SseParser {
                 self.event_type.push_str(&String::from_utf8_lossy(value));
             }
             b"data" => self.append_data(value),
-            // An id containing NUL is ignored; an empty one resets the last event ID.
-            b"id" if !value.contains(&0) => {
+            b"id" if value.contains(&0) => {
+                self.block_id = Some(String::from_utf8_lossy(value).into_owned());
+            }
+            // An id containing NUL is ignored (above); an empty one resets the last event ID.
+            b"id" => {
+                self.block_id = Some(String::from_utf8_lossy(value).into_owned());
                 self.id_buffer = if value.is_empty() {
                     None
                 } else {
@@ -274,10 +296,11 @@ impl SseParser {
         self.data.push('\n');
     }
 
-    fn dispatch(&mut self, events: &mut Vec<SseEvent>) {
+    fn dispatch(&mut self, events: &mut Sink<'_>) {
         if self.last_event_id != self.id_buffer {
             self.last_event_id.clone_from(&self.id_buffer);
         }
+        let block_id = self.block_id.take();
         if self.data_overflow || self.data.is_empty() {
             self.data_overflow = false;
             self.data.clear();
@@ -292,11 +315,12 @@ impl SseParser {
         } else {
             std::mem::take(&mut self.event_type)
         };
-        events.push(SseEvent {
+        let event = SseEvent {
             id: self.last_event_id.clone(),
             event,
             data: std::mem::take(&mut self.data),
-        });
+        };
+        events(event, block_id);
     }
 }
 
@@ -310,6 +334,21 @@ mod tests {
             event: event.to_owned(),
             data: data.to_owned(),
         }
+    }
+
+    #[test]
+    fn block_ids_are_the_blocks_own() {
+        let mut p = SseParser::new();
+        let got = p.push_with_block_ids(b"id: a\ndata: 1\n\ndata: 2\n\nid:\ndata: 3\n\n");
+        let ids: Vec<(Option<&str>, Option<&str>)> = got
+            .iter()
+            .map(|(e, b)| (e.id.as_deref(), b.as_deref()))
+            .collect();
+        // The second event inherits `a` without carrying it; the third resets it.
+        assert_eq!(
+            ids,
+            vec![(Some("a"), Some("a")), (Some("a"), None), (None, Some(""))]
+        );
     }
 
     fn parse_all(bytes: &[u8]) -> (Vec<SseEvent>, SseParser) {

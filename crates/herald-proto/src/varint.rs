@@ -1,12 +1,13 @@
-//! Unsigned LEB128 varints (at most 10 bytes for a `u64`). Decoding accepts only the minimal
+//! Unsigned LEB128 varints (at most 10 bytes for a `u64`), the one codec of every binary
+//! format Herald has (cursors, fabric messages). Decoding accepts only the minimal
 //! encoding, so every value has exactly one valid byte string.
 
 /// Longest encoding of a `u64`.
-pub(crate) const MAX_LEN: usize = 10;
+pub const MAX_LEN: usize = 10;
 
 /// Why a varint could not be decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum VarintError {
+pub enum VarintError {
     /// Input ended while the continuation bit was still set.
     Truncated,
     /// More than 64 bits of value.
@@ -17,14 +18,14 @@ pub(crate) enum VarintError {
 
 /// Number of bytes [`encode`] produces for `v`.
 #[inline]
-pub(crate) const fn encoded_len(v: u64) -> usize {
+pub const fn encoded_len(v: u64) -> usize {
     let bits = 64 - (v | 1).leading_zeros() as usize;
     bits.div_ceil(7)
 }
 
 /// Encodes `v` into `buf`, returning the used prefix.
 #[inline]
-pub(crate) fn encode(mut v: u64, buf: &mut [u8; MAX_LEN]) -> &[u8] {
+pub fn encode(mut v: u64, buf: &mut [u8; MAX_LEN]) -> &[u8] {
     let mut i = 0;
     loop {
         // Masked to 7 bits, so the cast cannot truncate.
@@ -40,7 +41,7 @@ pub(crate) fn encode(mut v: u64, buf: &mut [u8; MAX_LEN]) -> &[u8] {
 }
 
 /// Decodes one varint from the start of `input`, returning the value and the bytes consumed.
-pub(crate) fn decode(input: &[u8]) -> Result<(u64, usize), VarintError> {
+pub fn decode(input: &[u8]) -> Result<(u64, usize), VarintError> {
     let mut value: u64 = 0;
     for i in 0..MAX_LEN {
         let byte = *input.get(i).ok_or(VarintError::Truncated)?;

@@ -3,8 +3,8 @@
 
 use crate::codec;
 use crate::{
-    Ack, AppendBatch, BlockingStore, ChannelMeta, IdempotencyRecord, Retention, Store, StoreError,
-    StoredMessage, TrimOutcome,
+    Ack, AppendBatch, AppendEntry, BlockingStore, ChannelMeta, IdempotencyRecord, Retention, Store,
+    StoreError, StoredMessage, TrimOutcome,
 };
 use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
@@ -286,6 +286,12 @@ impl Store for FjallStore {
     ) -> Result<Option<IdempotencyRecord>, StoreError> {
         let k = codec::idempotency_key(channel, key)?;
         self.blocking(move |s| s.idempotency(&k, now_ms)).await
+    }
+
+    /// Nothing to do: a record here is written with its message, in one atomic batch, so
+    /// it stands on its own from the start.
+    async fn idempotency_landed(&self, _entries: &[AppendEntry]) -> Result<(), StoreError> {
+        Ok(())
     }
 
     async fn trim(

@@ -70,6 +70,10 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<StoredMessage>, StoreError>;
 
+    /// Says that these entries (those with an idempotency key count) were stored and
+    /// acknowledged, so their records stand on their own, however long their messages live.
+    async fn idempotency_landed(&self, entries: &[AppendEntry]) -> Result<(), StoreError>;
+
     /// The record of an earlier publish with this idempotency key, if it has not expired.
     async fn idempotency_get(
         &self,

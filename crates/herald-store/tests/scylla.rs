@@ -281,6 +281,35 @@ mod cql {
             renewed.epoch
         );
 
+        // A namespace keeping messages for a second still dedupes for its whole window: the
+        // record of an acknowledged message is marked landed and stands on its own once
+        // every row (and the head with them) expired. Unmarked, it would not count then.
+        for (channel, mark) in [("t:kept", true), ("t:gone", false)] {
+            let mut m = entry(channel, 5, 1, 0, "{}");
+            m.idempotency = Some(("k".into(), u64::MAX / 4));
+            m.ttl_secs = 1;
+            append(store, vec![m.clone()]).await?;
+            if mark {
+                store.idempotency_landed(&[m]).await?;
+            }
+        }
+        for channel in ["t:kept", "t:gone"] {
+            until("every row to expire", || async {
+                Ok(store
+                    .channel_meta(channel)
+                    .await?
+                    .is_some_and(|m| m.last_seq == 0))
+            })
+            .await?;
+        }
+        let kept = store.idempotency_get("t:kept", "k", 1).await?;
+        assert_eq!(
+            kept.map(|r| (r.epoch, r.seq)),
+            Some((5, 1)),
+            "marked record"
+        );
+        assert_eq!(store.idempotency_get("t:gone", "k", 1).await?, None);
+
         leases(store).await?;
         Ok(())
     }

@@ -10,6 +10,10 @@
 //! 3. A channel whose rows cross into a new bucket writes that bucket after the first one
 //!    returned, then moves the channel row's bucket pointer, so the pointer is never more
 //!    than one bucket behind the head.
+//!
+//! Once the writer has acknowledged them, the records are marked `landed` (`mark_landed`): a
+//! retry within the window is then known for a duplicate even after its message row expired
+//! (a namespace may keep messages for seconds and dedupe for a day).
 
 use super::util::{bucket, cql_ttl, to_i64, BUCKET_BITS};
 use super::ScyllaStore;
@@ -58,12 +62,14 @@ type HeadRowValues<'a> = (
     i64,
 );
 type RecordValues<'a> = (&'a str, &'a str, i64, i64, i64, i32, i64);
+type LandedValues<'a> = (i32, i64, &'a str, &'a str);
 
 /// The values of one statement of a batch.
 enum Values<'a> {
     Row(RowValues<'a>),
     Head(HeadRowValues<'a>),
     Record(RecordValues<'a>),
+    Landed(LandedValues<'a>),
 }
 
 impl SerializeRow for Values<'_> {
@@ -76,6 +82,7 @@ impl SerializeRow for Values<'_> {
             Values::Row(v) => v.serialize(ctx, writer),
             Values::Head(v) => v.serialize(ctx, writer),
             Values::Record(v) => v.serialize(ctx, writer),
+            Values::Landed(v) => v.serialize(ctx, writer),
         }
     }
 
@@ -107,7 +114,7 @@ impl ScyllaStore {
         let mut records = Vec::new();
         for e in &batch.entries {
             if let Some((key, expires)) = &e.idempotency {
-                let secs = expires.saturating_sub(e.ts_ms).div_ceil(1000) + IDEMPOTENCY_GRACE_SECS;
+                let secs = record_secs(e.ts_ms, *expires);
                 let values = (
                     e.channel.as_str(),
                     key.as_str(),
@@ -171,7 +178,32 @@ impl ScyllaStore {
                 .map(|(c, entries)| self.write_later_buckets(c, entries)),
         )
         .await?;
+
         Ok(())
+    }
+
+    /// Marks the records of acknowledged messages `landed` (only acknowledged ones: a late
+    /// write of an owner that lost its lease may have been overwritten, and its record must
+    /// then keep depending on the row).
+    pub(super) async fn mark_landed(&self, entries: &[AppendEntry]) -> Result<(), StoreError> {
+        let st = self.statements().await?;
+        let mut marks = Vec::new();
+        for e in entries {
+            if let Some((key, expires)) = &e.idempotency {
+                let values = (
+                    cql_ttl(record_secs(e.ts_ms, *expires)),
+                    self.inner.clock.next()?,
+                    e.channel.as_str(),
+                    key.as_str(),
+                );
+                marks.push(Part {
+                    statements: vec![(st.mark_landed.clone(), Values::Landed(values))],
+                    table: "idempotency",
+                    key: PartitionKey::Record(e.channel.as_str(), key.as_str()),
+                });
+            }
+        }
+        self.send_all(self.group_by_replicas(marks)).await
     }
 
     async fn write_later_buckets(
@@ -318,6 +350,11 @@ impl ScyllaStore {
     }
 }
 
+/// Seconds an idempotency record (and its mark) lives: its window, and a grace period.
+fn record_secs(ts_ms: u64, expires_ms: u64) -> u64 {
+    expires_ms.saturating_sub(ts_ms).div_ceil(1000) + IDEMPOTENCY_GRACE_SECS
+}
+
 /// The partition key of a statement, for finding its replicas.
 enum PartitionKey<'a> {
     Message(&'a str, u64),
@@ -340,6 +377,7 @@ impl Values<'_> {
             Values::Row(v) => 2 * (v.0.len() + v.5.len() + v.6.len()) + 160,
             Values::Head(v) => 2 * (v.0.len() + v.5.len() + v.6.len()) + 224,
             Values::Record(v) => 2 * (v.0.len() + v.1.len()) + 120,
+            Values::Landed(v) => 2 * (v.2.len() + v.3.len()) + 60,
         }
     }
 }

@@ -23,8 +23,8 @@ pub use clock::WriteClock;
 pub use leases::{DispatcherRow, LeaseSnapshot, LeaseTable, PartitionRow, Take};
 
 use crate::{
-    Ack, AppendBatch, ChannelMeta, CqlCounts, IdempotencyRecord, Retention, Store, StoreError,
-    StoredMessage, TrimOutcome,
+    Ack, AppendBatch, AppendEntry, ChannelMeta, CqlCounts, IdempotencyRecord, Retention, Store,
+    StoreError, StoredMessage, TrimOutcome,
 };
 use async_trait::async_trait;
 use cql::Cql;
@@ -235,6 +235,10 @@ impl Store for ScyllaStore {
             .await
     }
 
+    async fn idempotency_landed(&self, entries: &[AppendEntry]) -> Result<(), StoreError> {
+        self.mark_landed(entries).await
+    }
+
     async fn idempotency_get(
         &self,
         channel: &str,
@@ -248,9 +252,10 @@ impl Store for ScyllaStore {
             .read(&st.get_idempotency, (channel, key), "read idempotency")
             .await?;
         let row = rows
-            .maybe_first_row::<(i64, i64, i64)>()
+            .maybe_first_row::<(Option<i64>, Option<i64>, Option<i64>, Option<bool>)>()
             .map_err(eng("read idempotency"))?;
-        let Some((epoch, seq, expires)) = row else {
+        // A mark outliving its record by a moment has no position: no record.
+        let Some((Some(epoch), Some(seq), Some(expires), landed)) = row else {
             return Ok(None);
         };
         let rec = IdempotencyRecord {
@@ -260,6 +265,9 @@ impl Store for ScyllaStore {
         };
         if rec.expires_at_ms <= now_ms {
             return Ok(None);
+        }
+        if landed == Some(true) {
+            return Ok(Some(rec));
         }
         // The record is written before its message: it counts only if the message landed
         // (the row carries the key), or landed and has since expired (it is gone, but at or

@@ -9,7 +9,8 @@
 //! - `channels`: one row per channel: epoch, the bucket the head is in (or the one before),
 //!   the fence of the newest owner that sealed it, and the first retained seq (count
 //!   retention).
-//! - `idempotency`: publish records by `(channel, key)`, expiring by TTL.
+//! - `idempotency`: publish records by `(channel, key)`, expiring by TTL, marked `landed`
+//!   once their message is stored.
 //! - `acks`: last acknowledged position per `(channel, user)`.
 //! - `leases`: one partition holding every write-ownership lease (see `leases.rs`).
 
@@ -23,11 +24,12 @@ const TABLES: [&str; 5] = ["messages", "channels", "idempotency", "acks", "lease
 
 /// Columns added to existing tables since their first release, as `(table, column, type)`;
 /// `herald migrate` adds them, and start-up refuses a schema that lacks them.
-const ADDED_COLUMNS: [(&str, &str, &str); 4] = [
+const ADDED_COLUMNS: [(&str, &str, &str); 5] = [
     ("messages", "idem_key", "text"),
     ("messages", "head_seq", "bigint static"),
     ("messages", "head_fence", "bigint static"),
     ("messages", "head_epoch", "bigint static"),
+    ("idempotency", "landed", "boolean"),
 ];
 
 /// Lease rows created per conditional batch by `migrate`.
@@ -57,7 +59,8 @@ impl ScyllaStore {
             ),
             format!(
                 "CREATE TABLE IF NOT EXISTS {ks}.idempotency (channel text, key text, \
-                 epoch bigint, seq bigint, expires_at bigint, PRIMARY KEY ((channel, key)))"
+                 epoch bigint, seq bigint, expires_at bigint, landed boolean, \
+                 PRIMARY KEY ((channel, key)))"
             ),
             format!(
                 "CREATE TABLE IF NOT EXISTS {ks}.acks (channel text, user text, epoch bigint, \

@@ -24,6 +24,8 @@ pub(super) struct Statements {
     pub list_channels: PreparedStatement,
     // idempotency
     pub insert_idempotency: PreparedStatement,
+    /// Marks a record whose message has landed.
+    pub mark_landed: PreparedStatement,
     pub get_idempotency: PreparedStatement,
     // acks
     pub get_ack: PreparedStatement,
@@ -119,8 +121,13 @@ impl Statements {
                  VALUES (?, ?, ?, ?, ?) USING TTL ? AND TIMESTAMP ?"
             ))
             .await?,
+            mark_landed: p(format!(
+                "UPDATE {ks}.idempotency USING TTL ? AND TIMESTAMP ? SET landed = true \
+                 WHERE channel = ? AND key = ?"
+            ))
+            .await?,
             get_idempotency: p(format!(
-                "SELECT epoch, seq, expires_at FROM {ks}.idempotency \
+                "SELECT epoch, seq, expires_at, landed FROM {ks}.idempotency \
                  WHERE channel = ? AND key = ?"
             ))
             .await?,

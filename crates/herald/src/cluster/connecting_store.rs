@@ -5,8 +5,8 @@
 
 use async_trait::async_trait;
 use herald_store::{
-    Ack, AppendBatch, ChannelMeta, CqlCounts, IdempotencyRecord, Retention, ScyllaOptions,
-    ScyllaStore, Store, StoreError, StoredMessage, TrimOutcome,
+    Ack, AppendBatch, AppendEntry, ChannelMeta, CqlCounts, IdempotencyRecord, Retention,
+    ScyllaOptions, ScyllaStore, Store, StoreError, StoredMessage, TrimOutcome,
 };
 use parking_lot::Mutex;
 use std::sync::{Arc, OnceLock};
@@ -110,6 +110,10 @@ impl Store for ConnectingStore {
         now_ms: u64,
     ) -> Result<Option<IdempotencyRecord>, StoreError> {
         self.get()?.idempotency_get(channel, key, now_ms).await
+    }
+
+    async fn idempotency_landed(&self, entries: &[AppendEntry]) -> Result<(), StoreError> {
+        self.get()?.idempotency_landed(entries).await
     }
 
     async fn trim(
