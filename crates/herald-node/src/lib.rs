@@ -116,7 +116,7 @@ impl Default for NodeConfig {
 }
 
 /// Why a stream could not be opened.
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Debug, Error)]
 pub enum NodeError {
     #[error("connection limit reached")]
     TooManyConnections,
@@ -129,7 +129,17 @@ pub enum NodeError {
     #[error("node is shutting down")]
     ShuttingDown,
     #[error("store unavailable: {0}")]
-    Store(String),
+    Store(#[from] ReadError),
+}
+
+/// Why a store read of a stream's join failed; shared by every join that waited on it.
+#[derive(Clone, Debug, Error)]
+pub enum ReadError {
+    #[error("{0}")]
+    Store(#[from] Arc<herald_store::StoreError>),
+    /// The store answered, but nothing that moves the replay on.
+    #[error("{0}")]
+    NoProgress(&'static str),
 }
 
 /// The subscribe side: shared by all request handlers.
@@ -262,7 +272,7 @@ impl Node {
             let slot = self.hub.slot(ch);
             let mut named = cursor.and_then(|c| c.get_hash(hash));
             if let (None, Some(user)) = (named, user) {
-                named = self.reads.ack(ch, user).await.map_err(NodeError::Store)?;
+                named = self.reads.ack(ch, user).await?;
             }
             let resume = match named {
                 Some(p) => p,
@@ -286,11 +296,7 @@ impl Node {
         if let Some(p) = self.hub.head(slot) {
             return Ok(p);
         }
-        let (meta, _) = self
-            .reads
-            .channel_meta(&slot.channel, slot.created)
-            .await
-            .map_err(NodeError::Store)?;
+        let (meta, _) = self.reads.channel_meta(&slot.channel, slot.created).await?;
         Ok(
             meta.map_or_else(Default::default, |m| herald_proto::Position {
                 epoch: m.epoch,

@@ -3,6 +3,7 @@
 //! once per client. A resume may also use a channel's meta read that completed moments ago
 //! (see [`META_REUSE`]).
 
+use crate::ReadError;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use herald_store::{ChannelMeta, Store, StoreError, StoredMessage};
 use parking_lot::Mutex;
@@ -159,7 +160,7 @@ impl Reads {
         &self,
         channel: &Arc<str>,
         not_before: Instant,
-    ) -> Result<(Option<ChannelMeta>, Instant), String> {
+    ) -> Result<(Option<ChannelMeta>, Instant), ReadError> {
         let store = self.store.clone();
         let ch = channel.clone();
         let counter = self.store_metas.clone();
@@ -174,7 +175,7 @@ impl Reads {
             })
             .await;
         self.count(joined);
-        let (meta, started, completed) = r.map_err(|e| e.to_string())?;
+        let (meta, started, completed) = r.map_err(ReadError::Store)?;
         if let Some(meta) = meta {
             self.recent.lock().remember(
                 channel,
@@ -203,7 +204,7 @@ impl Reads {
         channel: &Arc<str>,
         not_before: Instant,
         at: herald_proto::Position,
-    ) -> Result<(Option<ChannelMeta>, Instant), String> {
+    ) -> Result<(Option<ChannelMeta>, Instant), ReadError> {
         let recent = self.recent.lock().by_channel.get(channel).copied();
         if let Some(r) = recent.filter(|r| {
             r.started >= not_before && r.completed.elapsed() <= META_REUSE && fits(&r.meta, at)
@@ -221,7 +222,7 @@ impl Reads {
         after: u64,
         limit: usize,
         not_before: Instant,
-    ) -> Result<Arc<Vec<StoredMessage>>, String> {
+    ) -> Result<Arc<Vec<StoredMessage>>, ReadError> {
         let store = self.store.clone();
         let ch = channel.clone();
         let counter = self.store_ranges.clone();
@@ -240,7 +241,7 @@ impl Reads {
             })
             .await;
         self.count(joined);
-        r.map(|(v, _, _)| v).map_err(|e| e.to_string())
+        r.map(|(v, _, _)| v).map_err(ReadError::Store)
     }
 
     /// `user`'s acked position on `channel`.
@@ -248,12 +249,12 @@ impl Reads {
         &self,
         channel: &str,
         user: &str,
-    ) -> Result<Option<herald_proto::Position>, String> {
+    ) -> Result<Option<herald_proto::Position>, ReadError> {
         let ack = self
             .store
             .ack_get(channel, user)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| ReadError::Store(Arc::new(e)))?;
         Ok(ack.map(|a| herald_proto::Position {
             epoch: a.epoch,
             seq: a.seq,

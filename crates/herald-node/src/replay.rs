@@ -62,7 +62,11 @@ pub(crate) async fn run(node: Arc<Node>, queue: Arc<ConnQueue>, joins: Vec<Join>
     }
 }
 
-async fn join_channel(node: &Node, queue: &Arc<ConnQueue>, j: &Join) -> Result<(), String> {
+async fn join_channel(
+    node: &Node,
+    queue: &Arc<ConnQueue>,
+    j: &Join,
+) -> Result<(), crate::ReadError> {
     // Retention and epochs are the store's word, so every join asks it where the log
     // stands (a resume inside the log a moment-old read saw takes that read); what the
     // ring can serve then saves the range read.
@@ -156,7 +160,9 @@ async fn join_channel(node: &Node, queue: &Arc<ConnQueue>, j: &Join) -> Result<(
         if page.is_empty() {
             empty_pages += 1;
             if empty_pages > MAX_EMPTY_PAGES {
-                return Err("the store keeps answering nothing past the position".into());
+                return Err(crate::ReadError::NoProgress(
+                    "the store keeps answering nothing past the position",
+                ));
             }
             // Nothing after `pos`, yet the log goes further: those messages expired (a store
             // with row TTLs drops them without moving the channel's first seq). Say so, and

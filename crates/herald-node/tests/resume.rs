@@ -176,16 +176,17 @@ async fn a_store_replay_fills_the_ring_for_the_next_resumes() -> anyhow::Result<
         );
         streams.push((body, seen));
     }
-    let stats = node.stats();
-    assert_eq!(
-        (
-            stats.store_range_reads,
-            stats.replays_store,
-            stats.replays_ring
-        ),
-        (1, 1, 3),
-        "one range read, then the ring"
-    );
+    // A join counts its replay after handing the stream its messages: the counters may
+    // trail what the streams read by a moment.
+    let counts = || {
+        let s = node.stats();
+        (s.store_range_reads, s.replays_store, s.replays_ring)
+    };
+    let deadline = Instant::now() + WAIT;
+    while counts() != (1, 1, 3) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(counts(), (1, 1, 3), "one range read, then the ring");
     store
         .append(AppendBatch {
             entries: vec![entry("e", 11)],
