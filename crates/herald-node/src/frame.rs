@@ -1,8 +1,8 @@
 //! Turns queued items into SSE bytes for one connection, keeping the connection's cursor:
 //! each reliable event gets an `id:` naming the position of every channel of the stream.
 
+use crate::item::Item;
 use crate::message::Message;
-use crate::queue::Item;
 use bytes::Bytes;
 use herald_proto::{encode_cursor_into, Position};
 use std::collections::VecDeque;

@@ -9,6 +9,7 @@ mod fanout;
 mod frame;
 mod housekeeping;
 mod hub;
+mod item;
 mod message;
 mod queue;
 mod reads;

@@ -4,9 +4,9 @@
 
 use super::body::ResponseBody;
 use super::error::ApiError;
+use super::exchange::{json, parse_limit, query_pairs};
 use super::history::{channel_path, decode_channel};
 use super::publish::{parse, read_body};
-use super::router::{json, parse_limit, query_pairs};
 use super::State;
 use herald_proto::Cursor;
 use herald_store::Ack;

@@ -3,7 +3,7 @@
 
 use super::body::ResponseBody;
 use super::error::ApiError;
-use super::router::{json, parse_limit, query_pairs};
+use super::exchange::{json, parse_limit, query_pairs};
 use super::State;
 use herald_proto::{HistoryMessage, HistoryResponse};
 use http::{Request, Response};

@@ -4,7 +4,7 @@
 //! together with the bytes already read.
 
 use super::error::ApiError;
-use super::router::MAX_HEADERS;
+use super::exchange::MAX_HEADERS;
 use super::sse::{prepare, STREAM_HEADERS};
 use super::State;
 use bytes::{Bytes, BytesMut};

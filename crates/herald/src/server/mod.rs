@@ -6,6 +6,7 @@ pub mod admission;
 pub mod body;
 pub mod cors;
 pub mod error;
+mod exchange;
 mod history;
 mod lean;
 pub mod metrics;
@@ -36,7 +37,7 @@ use tokio::task::JoinSet;
 
 /// Most request header bytes hyper buffers; beyond it hyper answers 431 itself.
 const MAX_HEADER_BUF: usize = 64 * 1024;
-/// Headers hyper parses; requests with more than `router::MAX_HEADERS` get a JSON 431.
+/// Headers hyper parses; requests with more than `exchange::MAX_HEADERS` get a JSON 431.
 const HYPER_MAX_HEADERS: usize = 256;
 /// Streams one HTTP/2 connection may have open at once (each also counts as a stream
 /// against the node's caps): a browser's tabs share one connection per origin.

@@ -2,7 +2,7 @@
 
 use super::body::ResponseBody;
 use super::error::ApiError;
-use super::router::json;
+use super::exchange::json;
 use super::State;
 use crate::cluster::routing::FORWARDED_FOR;
 use bytes::Bytes;
