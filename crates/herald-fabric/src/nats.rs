@@ -49,7 +49,8 @@ pub struct NatsOptions {
     pub incoming_capacity: usize,
     /// How Herald proves itself to NATS.
     pub auth: NatsAuth,
-    /// PEM file of the CA that signs the NATS servers' certificates; set, TLS is required.
+    /// PEM file of the CA that signs the NATS servers' certificates; set, TLS is required
+    /// (and it is the only trusted root).
     pub tls_ca: Option<PathBuf>,
     /// PEM client certificate and key, for servers that verify their clients (mutual TLS).
     pub tls_client: Option<(PathBuf, PathBuf)>,
@@ -139,6 +140,8 @@ enum NatsError {
         "invalid NATS subject prefix {0:?}: use dot-separated tokens without spaces, '*' or '>'"
     )]
     Prefix(String),
+    #[error("NATS TLS setting {path}: {reason}")]
+    Tls { path: String, reason: String },
     #[error("reading the NATS credentials file {path}: {reason}")]
     Credentials { path: String, reason: String },
     #[error("starting the NATS client: {0}")]
@@ -205,15 +208,54 @@ async fn security(mut c: ConnectOptions, opts: &NatsOptions) -> Result<ConnectOp
                 })?
         }
     };
-    if let Some(ca) = &opts.tls_ca {
-        c = c.add_root_certificates(ca.clone()).require_tls(true);
-    }
-    if let Some((cert, key)) = &opts.tls_client {
-        c = c
-            .add_client_certificate(cert.clone(), key.clone())
-            .require_tls(true);
+    if opts.tls_ca.is_some() || opts.tls_client.is_some() {
+        c = c.tls_client_config(tls_config(opts)?).require_tls(true);
     }
     Ok(c)
+}
+
+/// The client side of TLS to NATS, with the ring provider named here rather than taken from
+/// the process default (which is ambiguous when several providers are linked in).
+fn tls_config(opts: &NatsOptions) -> Result<rustls::ClientConfig, NatsError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |path: &PathBuf, reason: String| NatsError::Tls {
+        path: path.display().to_string(),
+        reason,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(ca) = &opts.tls_ca {
+        for cert in CertificateDer::pem_file_iter(ca).map_err(|e| bad(ca, e.to_string()))? {
+            let cert = cert.map_err(|e| bad(ca, e.to_string()))?;
+            roots.add(cert).map_err(|e| bad(ca, e.to_string()))?;
+        }
+        if roots.is_empty() {
+            return Err(bad(ca, "no certificate in it".into()));
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| NatsError::Tls {
+            path: "protocol versions".into(),
+            reason: e.to_string(),
+        })?
+        .with_root_certificates(roots);
+    match &opts.tls_client {
+        None => Ok(builder.with_no_client_auth()),
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .map_err(|e| bad(cert, e.to_string()))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad(cert, e.to_string()))?;
+            // The key's own error may quote its bytes: say which file only.
+            let key_der = PrivateKeyDer::from_pem_file(key)
+                .map_err(|_| bad(key, "no usable private key".into()))?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| bad(cert, e.to_string()))
+        }
+    }
 }
 
 impl NatsFabric {

@@ -79,6 +79,9 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Several TLS crypto providers are linked in (the database driver brings its own): name
+    // the one every TLS link of this process uses.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve::run(args),
