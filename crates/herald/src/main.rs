@@ -5,12 +5,9 @@
 // No unsafe code here but the symbol jemalloc reads its options from.
 #![deny(unsafe_code)]
 
-mod auth;
 mod cli;
-mod cluster;
-mod config;
-mod serve;
-mod server;
+
+use herald_server::{cluster, config, serve};
 
 use clap::{Parser, Subcommand};
 

@@ -10,7 +10,7 @@
 //!   past the previous owner's ceiling).
 //!
 //! This module only runs the statements; the protocol (when to renew, take, release, or
-//! declare a dispatcher dead) belongs to the dispatcher (crates/herald/src/cluster/leases.rs).
+//! declare a dispatcher dead) belongs to the dispatcher (crates/herald-server/src/cluster/leases.rs).
 
 use super::util::{eng, to_i64, to_u64};
 use super::ScyllaStore;

@@ -22,7 +22,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.secret.len() < 16 {
         anyhow::bail!("the secret must be at least 16 bytes (same rule as the server)");
     }
-    let now = crate::auth::now_secs();
+    let now = herald_server::auth::now_secs();
     let claims = Claims {
         sub: args.sub,
         channels: args.channels,
