@@ -32,6 +32,19 @@ impl PublishError {
         }
     }
 
+    /// An item whose outcome went missing (a bug): it may have been stored.
+    pub fn lost_result() -> Self {
+        Self::unavailable("internal", "a publish result was lost").maybe_stored()
+    }
+
+    /// What became of each item, from slots every item should have filled.
+    pub fn fill(results: Vec<Option<crate::ItemResult>>) -> Vec<crate::ItemResult> {
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(Self::lost_result())))
+            .collect()
+    }
+
     /// Marks the failure as one after which the message may have been stored.
     pub fn maybe_stored(mut self) -> Self {
         self.maybe_stored = true;

@@ -343,17 +343,7 @@ impl Dispatcher {
                 });
             }
         }
-        Ok(results
-            .into_iter()
-            .map(|r| {
-                r.unwrap_or_else(|| {
-                    Err(
-                        PublishError::unavailable("internal", "a publish result was lost")
-                            .maybe_stored(),
-                    )
-                })
-            })
-            .collect())
+        Ok(PublishError::fill(results))
     }
 
     /// Whether publishes are taken without waiting for leases (always, for a sole writer).

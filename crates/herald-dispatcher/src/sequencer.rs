@@ -139,12 +139,7 @@ impl Sequencer {
                 .iter()
                 .zip(outcomes)
                 .map(|((i, _), o)| {
-                    let o = o.unwrap_or_else(|| {
-                        Err(
-                            PublishError::unavailable("internal", "a publish result was lost")
-                                .maybe_stored(),
-                        )
-                    });
+                    let o = o.unwrap_or_else(|| Err(PublishError::lost_result()));
                     (*i, o)
                 })
                 .collect();

@@ -92,17 +92,7 @@ impl Routing {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(400));
         }
-        Ok(results
-            .into_iter()
-            .map(|r| {
-                r.unwrap_or_else(|| {
-                    Err(
-                        PublishError::unavailable("internal", "a publish result was lost")
-                            .maybe_stored(),
-                    )
-                })
-            })
-            .collect())
+        Ok(PublishError::fill(results))
     }
 
     /// Publishes `items` here: each with its outcome.
