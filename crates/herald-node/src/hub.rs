@@ -34,6 +34,31 @@ struct SlotInner {
     head: Option<u64>,
     subs: Vec<(Arc<ConnQueue>, u16)>,
     idle_since: Option<Instant>,
+    /// Streams between taking this slot and attaching to it (see [`Claim`]).
+    joining: u32,
+}
+
+/// A joining stream's hold on its channel's slot: while it reads the store, before it has
+/// attached, the idle sweep must not drop the slot (the stream would then attach to a slot
+/// no longer fanned out to, and wait for messages that never come).
+pub struct Claim {
+    slot: Arc<Slot>,
+}
+
+impl Claim {
+    pub fn slot(&self) -> &Arc<Slot> {
+        &self.slot
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let mut g = self.slot.inner.lock();
+        g.joining = g.joining.saturating_sub(1);
+        if g.subs.is_empty() && g.idle_since.is_none() {
+            g.idle_since = Some(Instant::now());
+        }
+    }
 }
 
 /// What a delivery found.
@@ -87,13 +112,33 @@ impl Hub {
     }
 
     /// The channel's slot, created (and the fabric told of our interest) if needed.
+    #[cfg(test)]
     pub fn slot(&self, channel: &str) -> Arc<Slot> {
-        if let Some(s) = self.get(channel) {
-            return s;
+        self.slot_with(channel, false)
+    }
+
+    /// The channel's slot for a stream about to join it, kept from the idle sweep until the
+    /// claim is dropped (after the stream attached, or gave up).
+    pub fn claim(&self, channel: &str) -> Claim {
+        Claim {
+            slot: self.slot_with(channel, true),
+        }
+    }
+
+    fn slot_with(&self, channel: &str, join: bool) -> Arc<Slot> {
+        let hold = |s: &Arc<Slot>| {
+            if join {
+                s.inner.lock().joining += 1;
+            }
+            s.clone()
+        };
+        // The hold is taken under the shard lock the sweep needs to remove the slot.
+        if let Some(s) = self.shard(channel).read().get(channel) {
+            return hold(s);
         }
         let mut map = self.shard(channel).write();
         if let Some(s) = map.get(channel) {
-            return s.clone();
+            return hold(s);
         }
         let name: Arc<str> = Arc::from(channel);
         let slot = Arc::new(Slot {
@@ -106,6 +151,7 @@ impl Hub {
                 head: None,
                 subs: Vec::new(),
                 idle_since: Some(Instant::now()),
+                joining: u32::from(join),
             }),
         });
         map.insert(name, slot.clone());
@@ -345,7 +391,9 @@ impl Hub {
             let mut gone = Vec::new();
             shard.write().retain(|name, slot| {
                 let g = slot.inner.lock();
-                let remove = g.subs.is_empty() && g.idle_since.is_some_and(|t| t.elapsed() >= idle);
+                let remove = g.subs.is_empty()
+                    && g.joining == 0
+                    && g.idle_since.is_some_and(|t| t.elapsed() >= idle);
                 if remove {
                     gone.push(name.clone());
                 }
@@ -376,6 +424,23 @@ mod tests {
             Arc::default(),
             SlowPolicies::default(),
         )
+    }
+
+    #[test]
+    fn a_slot_a_stream_is_joining_outlives_the_idle_sweep() {
+        let h = hub(8);
+        drop(h.slot("live:idle"));
+        let claim = h.claim("live:idle");
+        h.sweep_idle(Duration::ZERO);
+        assert!(
+            h.get("live:idle")
+                .is_some_and(|s| Arc::ptr_eq(&s, claim.slot())),
+            "swept while a stream was joining it"
+        );
+        // The join gave up without attaching: the slot is idle again, and goes.
+        drop(claim);
+        h.sweep_idle(Duration::ZERO);
+        assert!(h.get("live:idle").is_none());
     }
 
     fn msg(seq: u64) -> Arc<Message> {

@@ -270,7 +270,8 @@ impl Node {
         // has its 200 receives everything published afterwards.
         for (idx, ch) in channels.iter().enumerate() {
             let hash = herald_proto::channel_hash(ch);
-            let slot = self.hub.slot(ch);
+            let claim = self.hub.claim(ch);
+            let slot = claim.slot().clone();
             let mut named = cursor.and_then(|c| c.get_hash(hash));
             if let (None, Some(user)) = (named, user) {
                 named = self.reads.ack(ch, user).await?;
@@ -286,6 +287,7 @@ impl Node {
                 slot,
                 resume: Some(resume),
                 live: named.is_none(),
+                _claim: claim,
             });
         }
         Ok(plan)

@@ -46,6 +46,8 @@ pub(crate) struct Join {
     pub resume: Option<Position>,
     /// The client named no position: `resume` is the head as read just now.
     pub live: bool,
+    /// Keeps the slot from the idle sweep until this join is over.
+    pub _claim: crate::hub::Claim,
 }
 
 /// Runs the joins of one stream in order. Ends early if the stream closes.
