@@ -116,6 +116,11 @@ pub async fn refuse(mut stream: TcpStream, e: ApiError) {
 /// it: nothing waits, so a flood past the cap costs no task and no file descriptor beyond
 /// this call.
 pub fn refuse_now(stream: TcpStream, e: &ApiError) {
+    // Take what the client already sent, so closing does not reset the connection over
+    // unread input (a reset can make the client lose the answer); what arrives later may
+    // still be reset: nothing waits for it.
+    let mut scratch = [0u8; 4096];
+    while matches!(stream.try_read(&mut scratch), Ok(n) if n > 0) {}
     let _ = stream.try_write(&error_response(e, &[]));
 }
 
