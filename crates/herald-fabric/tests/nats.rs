@@ -68,14 +68,8 @@ mod real {
 
     impl NatsServer {
         fn start(bin: &PathBuf, port: u16) -> NatsServer {
-            Self::start_with(bin, port, &[])
-        }
-
-        /// A server with `extra` flags (auth, TLS).
-        fn start_with(bin: &PathBuf, port: u16, extra: &[&str]) -> NatsServer {
             let child = Command::new(bin)
                 .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-                .args(extra)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -94,6 +88,47 @@ mod real {
                 std::thread::sleep(Duration::from_millis(10));
             }
             server
+        }
+
+        /// A server with `extra` flags (auth, TLS) on a port it picks itself and reports in
+        /// its ports file: a port picked here could meanwhile be taken by another test's
+        /// server, whose clients and restarts would then be this test's.
+        fn start_with(bin: &PathBuf, dir: &std::path::Path, extra: &[&str]) -> NatsServer {
+            let child = Command::new(bin)
+                .args(["-a", "127.0.0.1", "-p", "-1", "--ports_file_dir"])
+                .arg(dir)
+                .args(extra)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+            let file = dir.join(format!("nats-server_{}.ports", child.id()));
+            let mut server = NatsServer { child, port: 0 };
+            let deadline = std::time::Instant::now() + WAIT;
+            loop {
+                let port = std::fs::read_to_string(&file).ok().and_then(|text| {
+                    let at = text.find("127.0.0.1:")? + "127.0.0.1:".len();
+                    let digits: String = text[at..]
+                        .chars()
+                        .take_while(char::is_ascii_digit)
+                        .collect();
+                    digits.parse::<u16>().ok()
+                });
+                if let Some(port) = port.filter(|p| TcpStream::connect(("127.0.0.1", *p)).is_ok()) {
+                    server.port = port;
+                    return server;
+                }
+                if let Ok(Some(status)) = server.child.try_wait() {
+                    panic!("nats-server exited during startup: {status}");
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "nats-server wrote no ports file {} within {WAIT:?}",
+                    file.display()
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
 
         fn url(&self) -> String {
@@ -200,7 +235,8 @@ mod real {
     #[tokio::test]
     async fn a_server_requiring_credentials_and_tls_gets_them() {
         let Some(bin) = nats_server_bin() else { return };
-        let token = NatsServer::start_with(&bin, free_port(), &["--auth", "fabric-token-123456"]);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token = NatsServer::start_with(&bin, dir.path(), &["--auth", "fabric-token-123456"]);
         assert!(
             !flows(&token.url(), |_| {}).await,
             "no token, yet it flowed"
@@ -217,7 +253,6 @@ mod real {
         );
         drop(token);
 
-        let dir = tempfile::tempdir().expect("tempdir");
         let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).expect("cert");
         let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
         std::fs::write(&cert, ck.cert.pem()).expect("write cert");
@@ -225,7 +260,7 @@ mod real {
         let (c, k) = (cert.display().to_string(), key.display().to_string());
         let tls = NatsServer::start_with(
             &bin,
-            free_port(),
+            dir.path(),
             &[
                 "--tls",
                 "--tlscert",
@@ -258,7 +293,8 @@ mod real {
     #[tokio::test]
     async fn interested_node_receives_what_a_dispatcher_publishes() {
         let Some(bin) = nats_server_bin() else { return };
-        let server = NatsServer::start(&bin, free_port());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = NatsServer::start_with(&bin, dir.path(), &[]);
         let (node, mut rx, dispatcher) = pair(&server.url()).await;
 
         node.set_interest("live:a.b", true);
@@ -292,7 +328,8 @@ mod real {
     #[tokio::test]
     async fn only_channels_of_interest_arrive() {
         let Some(bin) = nats_server_bin() else { return };
-        let server = NatsServer::start(&bin, free_port());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = NatsServer::start_with(&bin, dir.path(), &[]);
         let (node, mut rx, dispatcher) = pair(&server.url()).await;
 
         node.set_interest("live:x", true);
