@@ -119,8 +119,13 @@ pub fn refuse_now(stream: TcpStream, e: &ApiError) {
     // Take what the client already sent, so closing does not reset the connection over
     // unread input (a reset can make the client lose the answer); what arrives later may
     // still be reset: nothing waits for it.
+    // Bounded, so a client streaming bytes cannot hold the accept loop here.
     let mut scratch = [0u8; 4096];
-    while matches!(stream.try_read(&mut scratch), Ok(n) if n > 0) {}
+    for _ in 0..4 {
+        if !matches!(stream.try_read(&mut scratch), Ok(n) if n > 0) {
+            break;
+        }
+    }
     let _ = stream.try_write(&error_response(e, &[]));
 }
 
