@@ -8,7 +8,8 @@
 //
 // Needs `openssl` (for a self-signed certificate).
 
-import { execFileSync, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import http from 'node:http';
 import http2 from 'node:http2';
@@ -16,7 +17,7 @@ import https from 'node:https';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { signToken, withTimeout } from '../test/support.mjs';
+import { selfSignedCert, signToken, withTimeout } from '../test/support.mjs';
 
 const { values: opts } = parseArgs({
   options: {
@@ -30,7 +31,7 @@ const SECRET = 'conn-cost-secret-0123456789';
 const TOKEN = signToken({ sub: 'u', channels: ['live:*'], exp: Math.floor(Date.now() / 1000) + 3600 }, SECRET);
 
 function rssKb(pid) {
-  const status = execFileSync('cat', [`/proc/${pid}/status`], { encoding: 'utf8' });
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
   return Number(status.match(/VmRSS:\s+(\d+)/)[1]);
 }
 
@@ -101,11 +102,7 @@ async function openAll(mode, base, ca) {
 
 async function run() {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'herald-conn-cost-'));
-  const cert = path.join(dir, 'cert.pem');
-  const key = path.join(dir, 'key.pem');
-  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
-    '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1'],
-  { stdio: 'pipe' });
+  const { cert, key } = selfSignedCert(dir);
   const ca = await readFile(cert);
   const rows = [];
   for (const mode of ['http', 'https-h1', 'https-h2', 'https-h2x10']) {

@@ -8,14 +8,14 @@
 
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import https from 'node:https';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
-import { CHROMIUM, CHROMIUM_ARGS, request, signToken, withTimeout } from './support.mjs';
+import { CHROMIUM, CHROMIUM_ARGS, request, selfSignedCert, signToken, withTimeout } from './support.mjs';
 
 const PKG_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const HERALD_BIN = path.resolve(PKG_DIR, process.env.HERALD_BIN || '../../target/debug/herald');
@@ -30,18 +30,6 @@ after(async () => {
   if (res.herald && res.herald.exitCode === null) res.herald.kill('SIGKILL');
   if (res.tmp) await rm(res.tmp, { recursive: true, force: true });
 });
-
-/** A self-signed certificate for 127.0.0.1, made with openssl: { cert, key } paths. */
-function selfSigned(dir) {
-  const cert = path.join(dir, 'cert.pem');
-  const key = path.join(dir, 'key.pem');
-  execFileSync('openssl', [
-    'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
-    '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=127.0.0.1',
-    '-addext', 'subjectAltName=IP:127.0.0.1',
-  ], { stdio: 'pipe' });
-  return { cert, key };
-}
 
 /** Starts `herald serve` over TLS on a free port; resolves with its https base URL. */
 function startHerald(dataDir, tls) {
@@ -93,7 +81,7 @@ async function metric(base, ca, name) {
 
 test('ten EventSources to one origin stream at once over HTTPS + HTTP/2', { timeout: 60_000 }, async () => {
   res.tmp = await mkdtemp(path.join(os.tmpdir(), 'herald-h2-'));
-  const tls = selfSigned(res.tmp);
+  const tls = selfSignedCert(res.tmp);
   const ca = await readFile(tls.cert);
   const base = await startHerald(path.join(res.tmp, 'data'), tls);
 

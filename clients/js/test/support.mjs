@@ -1,6 +1,8 @@
 // Helpers shared by the browser tests (no tests here).
 
+import { execFileSync } from 'node:child_process';
 import { createHmac } from 'node:crypto';
+import path from 'node:path';
 
 export const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 
@@ -54,4 +56,16 @@ export function request(mod, url, options, body) {
     r.end(body);
   });
   return withTimeout(req, 10_000, `${options.method || 'GET'} ${url}`);
+}
+
+/** A self-signed certificate for 127.0.0.1, made with the `openssl` command: { cert, key } paths. */
+export function selfSignedCert(dir) {
+  const cert = path.join(dir, 'cert.pem');
+  const key = path.join(dir, 'key.pem');
+  execFileSync('openssl', [
+    'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
+    '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=127.0.0.1',
+    '-addext', 'subjectAltName=IP:127.0.0.1',
+  ], { stdio: 'pipe' });
+  return { cert, key };
 }

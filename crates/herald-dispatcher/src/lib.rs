@@ -308,33 +308,32 @@ impl Dispatcher {
         }
         if !ephemeral.is_empty() {
             let now = now_ms();
-            let (indexes, messages): (Vec<usize>, Vec<FabricMessage>) = ephemeral
-                .into_iter()
-                .map(|(i, item)| {
-                    let m = FabricMessage {
-                        channel: Arc::from(item.channel.as_str()),
-                        epoch: 0,
-                        seq: 0,
-                        ts_ms: now,
-                        event: Arc::from(item.event.as_deref().unwrap_or("message")),
-                        data: item.data,
-                        conflation_key: item.conflation_key.as_deref().map(Arc::from),
-                    };
-                    (i, m)
-                })
-                .unzip();
-            let sent = self.fabric.publish(messages.clone()).await;
-            if sent.is_ok() {
-                self.counters.add_ephemeral(messages.len() as u64);
+            // Each item's channel is kept for its answer; the messages themselves go to the
+            // fabric without a copy.
+            let mut answered = Vec::with_capacity(ephemeral.len());
+            let mut messages = Vec::with_capacity(ephemeral.len());
+            for (i, item) in ephemeral {
+                messages.push(FabricMessage {
+                    channel: Arc::from(item.channel.as_str()),
+                    epoch: 0,
+                    seq: 0,
+                    ts_ms: now,
+                    event: Arc::from(item.event.as_deref().unwrap_or("message")),
+                    data: item.data,
+                    conflation_key: item.conflation_key.as_deref().map(Arc::from),
+                });
+                answered.push((i, item.channel));
             }
-            for (i, m) in indexes.into_iter().zip(&messages) {
+            let count = messages.len() as u64;
+            let sent = self.fabric.publish(messages).await;
+            if sent.is_ok() {
+                self.counters.add_ephemeral(count);
+            }
+            for (i, channel) in answered {
                 results[i] = Some(match &sent {
                     Ok(()) => Ok(PublishResult {
-                        channel: m.channel.to_string(),
-                        epoch: None,
-                        seq: None,
-                        duplicate: false,
-                        error: None,
+                        channel,
+                        ..PublishResult::default()
                     }),
                     Err(e) => Err(PublishError::unavailable(
                         "fabric_unavailable",
