@@ -96,6 +96,13 @@ impl Client {
         }
     }
 
+    /// Uses `http` for every request: e.g. one that trusts a private CA
+    /// (`reqwest::ClientBuilder::add_root_certificate`) for a server with its own certificate.
+    pub fn with_http(mut self, http: reqwest::Client) -> Self {
+        self.http = http;
+        self
+    }
+
     /// Publisher API key for publish and history.
     pub fn with_api_key(mut self, key: impl Into<String>) -> Self {
         self.api_key = Some(key.into());

@@ -76,7 +76,8 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_MAX_CONN_LIFETIME_SECS")]
     pub max_conn_lifetime_secs: Option<u64>,
     /// Seconds a client has to send a request head (a slow or stalled client past it gets
-    /// 408 `request_timeout` and is closed); default 30.
+    /// 408 `request_timeout` and is closed), and the longest a connection may carry no
+    /// request; default 30.
     #[arg(long, env = "HERALD_HEAD_TIMEOUT_SECS")]
     pub head_timeout_secs: Option<u64>,
     /// Channels a node follows at most (a stream adding more gets 503

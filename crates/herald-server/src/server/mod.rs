@@ -8,6 +8,7 @@ pub mod cors;
 pub mod error;
 mod exchange;
 mod history;
+mod idle;
 mod lean;
 pub mod metrics;
 mod ops;
@@ -293,11 +294,21 @@ where
     let kill = Arc::new(Notify::new());
     let svc_kill = kill.clone();
     let head_timeout = state.head_timeout;
+    let activity = Arc::new(idle::Activity::default());
+    let svc_activity = activity.clone();
     let svc = service_fn(move |req| {
         let state = state.clone();
         let kill = svc_kill.clone();
-        async move { Ok::<_, Infallible>(router::handle(state, kill, req).await) }
+        let open = svc_activity.begin();
+        async move {
+            let resp = router::handle(state, kill, req).await;
+            Ok::<_, Infallible>(resp.map(|body| idle::Tracked::new(body, open)))
+        }
     });
+    // The head timeout is also how long a connection may carry no request at all.
+    let mut idle_check =
+        tokio::time::interval_at(tokio::time::Instant::now() + head_timeout, head_timeout);
+    idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -330,6 +341,14 @@ where
                 return;
             }
             _ = kill.notified() => return,
+            _ = idle_check.tick(), if !stopping => {
+                // Dropped, not shut down gracefully: an HTTP/2 goodbye waits for the peer to
+                // answer a ping, which a silent peer never does; and nothing is in flight.
+                if activity.idle_since_last() {
+                    tracing::debug!(idle = ?head_timeout, "closing a connection that carries no request");
+                    return;
+                }
+            }
             changed = stop.changed(), if !stopping => {
                 if changed.is_err() || *stop.borrow() {
                     stopping = true;

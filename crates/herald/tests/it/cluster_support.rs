@@ -45,6 +45,94 @@ pub fn cql_or_skip(test: &str) -> Option<String> {
     }
 }
 
+/// `Some((contact point, PEM CA))` of the Cassandra that requires a password and TLS
+/// (`HERALD_CQL_SECURE`, `HERALD_CQL_SECURE_CA`; `CASSANDRA_SECURE=1 scripts/cassandra-up`
+/// starts one); `None` when skipped with `HERALD_SKIP_CLUSTER=1`. Panics when neither is set.
+pub fn secure_cql_or_skip(test: &str) -> Option<(String, PathBuf)> {
+    match (
+        std::env::var("HERALD_CQL_SECURE"),
+        std::env::var("HERALD_CQL_SECURE_CA"),
+    ) {
+        (Ok(cql), Ok(ca)) if !cql.trim().is_empty() => Some((cql.trim().to_owned(), ca.into())),
+        _ if std::env::var("HERALD_SKIP_CLUSTER").as_deref() == Ok("1") => {
+            eprintln!("{test}: skipped (HERALD_SKIP_CLUSTER=1 and no HERALD_CQL_SECURE)");
+            None
+        }
+        _ => panic!(
+            "{test}: needs a Cassandra requiring a password and TLS: set HERALD_CQL_SECURE and \
+             HERALD_CQL_SECURE_CA (CASSANDRA_SECURE=1 scripts/cassandra-up starts one and \
+             writes its ca.pem), or set HERALD_SKIP_CLUSTER=1 to skip"
+        ),
+    }
+}
+
+/// Every link of a test cluster authenticated and encrypted: the secure Cassandra (its
+/// superuser, TLS), nats-server with TLS and a user, dispatchers and nodes serving HTTPS
+/// with one self-signed certificate, dispatchers forwarding to each other over HTTPS.
+#[derive(Clone)]
+struct Locked {
+    cert: PathBuf,
+    key: PathBuf,
+    cert_pem: String,
+    cql_ca: PathBuf,
+}
+
+const NATS_USER: &str = "herald-fabric";
+const NATS_PASSWORD: &str = "fabric-password-0123456789";
+
+impl Locked {
+    fn new(dir: &Path, cql_ca: PathBuf) -> anyhow::Result<Locked> {
+        let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])?;
+        let cert_pem = ck.cert.pem();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert, &cert_pem)?;
+        std::fs::write(&key, ck.key_pair.serialize_pem())?;
+        Ok(Locked {
+            cert,
+            key,
+            cert_pem,
+            cql_ca,
+        })
+    }
+
+    fn nats_args(&self) -> Vec<String> {
+        let mut a = vec!["--tls".to_owned(), "--tlscert".to_owned()];
+        a.push(self.cert.display().to_string());
+        a.push("--tlskey".to_owned());
+        a.push(self.key.display().to_string());
+        a.extend(["--user", NATS_USER, "--pass", NATS_PASSWORD].map(str::to_owned));
+        a
+    }
+
+    /// Flags and environment of `herald migrate` (`role` None), a dispatcher or a node. The
+    /// passwords go through the environment, as they should in production (not in `ps`).
+    fn apply(&self, cmd: &mut Command, role: Option<Role>) {
+        cmd.arg("--cql-tls-ca").arg(&self.cql_ca);
+        cmd.env("HERALD_CQL_USER", "cassandra")
+            .env("HERALD_CQL_PASSWORD", "cassandra");
+        let Some(role) = role else { return };
+        cmd.arg("--tls-cert").arg(&self.cert);
+        cmd.arg("--tls-key").arg(&self.key);
+        cmd.arg("--nats-tls-ca").arg(&self.cert);
+        cmd.env("HERALD_NATS_USER", NATS_USER)
+            .env("HERALD_NATS_PASSWORD", NATS_PASSWORD);
+        if role == Role::Dispatcher {
+            cmd.arg("--cluster-tls-ca").arg(&self.cert);
+        }
+    }
+}
+
+/// An HTTP client for a cluster's processes: trusts the test certificate when they serve TLS.
+fn http_client(locked: Option<&Locked>) -> anyhow::Result<reqwest::Client> {
+    let mut b = reqwest::Client::builder().connect_timeout(Duration::from_secs(10));
+    if let Some(l) = locked {
+        b = b
+            .use_rustls_tls()
+            .add_root_certificate(reqwest::Certificate::from_pem(l.cert_pem.as_bytes())?);
+    }
+    Ok(b.build()?)
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -101,21 +189,18 @@ pub struct Nats {
     child: Option<Child>,
     pub port: u16,
     log: PathBuf,
+    /// Extra flags (TLS, a user).
+    args: Vec<String>,
 }
 
 impl Nats {
-    pub fn start(log_dir: &Path) -> anyhow::Result<Nats> {
-        let mut n = Nats::reserve(log_dir)?;
-        n.restart()?;
-        Ok(n)
-    }
-
     /// Picks the port without starting the server (start it with [`restart`](Self::restart)).
     pub fn reserve(log_dir: &Path) -> anyhow::Result<Nats> {
         Ok(Nats {
             child: None,
             port: free_port()?,
             log: log_dir.join("nats.log"),
+            args: Vec::new(),
         })
     }
 
@@ -133,6 +218,7 @@ impl Nats {
             .open(&self.log)?;
         let mut child = Command::new(&bin)
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -191,6 +277,8 @@ pub struct Proc {
     pub role: Role,
     pub base: String,
     pub log: PathBuf,
+    /// Trusts the cluster's certificate when it serves TLS.
+    http: reqwest::Client,
 }
 
 impl Proc {
@@ -226,6 +314,9 @@ impl Proc {
         if let (Role::Node, Some(d)) = (role, cluster.node_drain) {
             cmd.args(["--drain-secs", &d.as_secs().to_string()]);
         }
+        if let Some(l) = &cluster.locked {
+            l.apply(&mut cmd, Some(role));
+        }
         cmd.env("HERALD_API_KEYS", API_KEY)
             .env("HERALD_JWT_SECRET", SECRET)
             .env("HERALD_CLUSTER_SECRET", CLUSTER_SECRET)
@@ -257,6 +348,7 @@ impl Proc {
                             role,
                             base: url.trim().to_owned(),
                             log,
+                            http: http_client(cluster.locked.as_ref())?,
                         });
                     }
                 }
@@ -273,7 +365,7 @@ impl Proc {
 
     /// Polls `/readyz` until 200 or `limit`.
     pub async fn wait_ready(&self, limit: Duration) -> anyhow::Result<()> {
-        let http = reqwest::Client::new();
+        let http = &self.http;
         let deadline = Instant::now() + limit;
         let mut last = String::new();
         while Instant::now() < deadline {
@@ -299,7 +391,8 @@ impl Proc {
 
     /// Reads one metric value from /metrics (0 when absent).
     pub async fn metric(&self, name: &str) -> f64 {
-        let scrape = reqwest::Client::new()
+        let scrape = self
+            .http
             .get(format!("{}/metrics", self.base))
             .bearer_auth(API_KEY)
             .send();
@@ -315,7 +408,8 @@ impl Proc {
 
     /// `/readyz` status code (0 when it does not answer).
     pub async fn readyz(&self) -> u16 {
-        match reqwest::Client::new()
+        match self
+            .http
             .get(format!("{}/readyz", self.base))
             .timeout(Duration::from_secs(2))
             .send()
@@ -349,11 +443,15 @@ impl Proc {
     }
 
     pub fn publisher(&self) -> Client {
-        Client::new(&self.base).with_api_key(API_KEY)
+        self.client().with_api_key(API_KEY)
     }
 
     pub fn subscriber(&self, patterns: &[&str]) -> Client {
-        Client::new(&self.base).with_token(token("u1", patterns))
+        self.client().with_token(token("u1", patterns))
+    }
+
+    fn client(&self) -> Client {
+        Client::new(&self.base).with_http(self.http.clone())
     }
 }
 
@@ -370,6 +468,7 @@ struct ClusterConf {
     nats_url: String,
     membership_ttl: Duration,
     node_drain: Option<Duration>,
+    locked: Option<Locked>,
 }
 
 /// What to start.
@@ -381,6 +480,8 @@ pub struct Spec {
     pub nats_down_at_start: bool,
     /// `--drain-secs` of the nodes (default: the role's).
     pub node_drain: Option<Duration>,
+    /// Every link authenticated and encrypted, on the Cassandra of `HERALD_CQL_SECURE`.
+    pub locked: bool,
 }
 
 impl Default for Spec {
@@ -391,6 +492,7 @@ impl Default for Spec {
             membership_ttl: Duration::from_millis(3000),
             nats_down_at_start: false,
             node_drain: None,
+            locked: false,
         }
     }
 }
@@ -405,13 +507,24 @@ pub struct Cluster {
     pub nodes: Vec<Proc>,
     pub log_dir: PathBuf,
     passed: bool,
+    /// Keyspaces of the secure Cassandra are left to its purge (the harness's CQL client does
+    /// not log in).
+    drop_keyspace: bool,
 }
 
 impl Cluster {
     /// `Ok(None)` when skipped (see [`cql_or_skip`]).
     pub async fn start(test: &str, spec: Spec) -> anyhow::Result<Option<Cluster>> {
-        let Some(cql) = cql_or_skip(test) else {
-            return Ok(None);
+        let (cql, cql_ca) = if spec.locked {
+            match secure_cql_or_skip(test) {
+                Some((cql, ca)) => (cql, Some(ca)),
+                None => return Ok(None),
+            }
+        } else {
+            match cql_or_skip(test) {
+                Some(cql) => (cql, None),
+                None => return Ok(None),
+            }
         };
         let keyspace = format!("herald_t_{}", random_suffix());
         let log_dir = std::env::temp_dir()
@@ -419,25 +532,34 @@ impl Cluster {
             .join(format!("{test}-{keyspace}"));
         std::fs::create_dir_all(&log_dir)?;
         eprintln!("{test}: keyspace {keyspace}, logs in {}", log_dir.display());
-        cql::exec(
-            &cql,
-            "SELECT release_version FROM system.local",
-            Duration::from_secs(10),
-        )
-        .await
-        .with_context(|| format!("Cassandra at HERALD_CQL={cql} is not answering"))?;
-        migrate(&cql, &keyspace, &log_dir)?;
-        let nats = if spec.nats_down_at_start {
-            Nats::reserve(&log_dir)?
-        } else {
-            Nats::start(&log_dir)?
+        let locked = match cql_ca {
+            Some(ca) => Some(Locked::new(&log_dir, ca)?),
+            None => {
+                cql::exec(
+                    &cql,
+                    "SELECT release_version FROM system.local",
+                    Duration::from_secs(10),
+                )
+                .await
+                .with_context(|| format!("Cassandra at HERALD_CQL={cql} is not answering"))?;
+                None
+            }
         };
+        migrate(&cql, &keyspace, &log_dir, locked.as_ref())?;
+        let mut nats = Nats::reserve(&log_dir)?;
+        if let Some(l) = &locked {
+            nats.args = l.nats_args();
+        }
+        if !spec.nats_down_at_start {
+            nats.restart()?;
+        }
         let conf = ClusterConf {
             cql: cql.clone(),
             keyspace: keyspace.clone(),
             nats_url: nats.url(),
             membership_ttl: spec.membership_ttl,
             node_drain: spec.node_drain,
+            locked: locked.clone(),
         };
         let mut cluster = Cluster {
             test: test.to_owned(),
@@ -448,6 +570,7 @@ impl Cluster {
             nodes: Vec::new(),
             log_dir,
             passed: false,
+            drop_keyspace: locked.is_none(),
         };
         for i in 0..spec.dispatchers {
             let p = Proc::spawn(Role::Dispatcher, &format!("d{i}"), &conf, &cluster.log_dir)?;
@@ -493,15 +616,17 @@ impl Drop for Cluster {
             p.kill9();
         }
         self.nats.kill9();
-        if let Err(e) = cql::exec_blocking(
-            &self.cql,
-            &format!("DROP KEYSPACE IF EXISTS {}", self.keyspace),
-            Duration::from_secs(30),
-        ) {
-            eprintln!(
-                "{}: could not drop keyspace {}: {e:#}",
-                self.test, self.keyspace
-            );
+        if self.drop_keyspace {
+            if let Err(e) = cql::exec_blocking(
+                &self.cql,
+                &format!("DROP KEYSPACE IF EXISTS {}", self.keyspace),
+                Duration::from_secs(30),
+            ) {
+                eprintln!(
+                    "{}: could not drop keyspace {}: {e:#}",
+                    self.test, self.keyspace
+                );
+            }
         }
         if self.passed {
             let _ = std::fs::remove_dir_all(&self.log_dir);
@@ -523,7 +648,12 @@ impl Drop for Cluster {
 }
 
 /// `herald migrate` into a fresh keyspace (RF 1).
-pub fn migrate(cql: &str, keyspace: &str, log_dir: &Path) -> anyhow::Result<()> {
+fn migrate(
+    cql: &str,
+    keyspace: &str,
+    log_dir: &Path,
+    locked: Option<&Locked>,
+) -> anyhow::Result<()> {
     let log = log_dir.join("migrate.log");
     let logf = std::fs::File::create(&log)?;
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
@@ -532,8 +662,11 @@ pub fn migrate(cql: &str, keyspace: &str, log_dir: &Path) -> anyhow::Result<()> 
             cmd.env_remove(k);
         }
     }
+    cmd.args(["migrate", "--cql", cql, "--keyspace", keyspace]);
+    if let Some(l) = locked {
+        l.apply(&mut cmd, None);
+    }
     let mut child = cmd
-        .args(["migrate", "--cql", cql, "--keyspace", keyspace])
         .args([
             "--replication",
             "{'class':'SimpleStrategy','replication_factor':1}",

@@ -13,6 +13,7 @@ mod common;
 mod crash;
 mod drain;
 mod lifecycle;
+mod locked;
 mod publish;
 mod security;
 mod slow;

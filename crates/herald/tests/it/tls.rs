@@ -169,6 +169,63 @@ async fn https_serves_streams_over_http2_and_http1() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A peer that completes the TLS handshake (choosing HTTP/2) and then sends nothing is closed
+/// after the head timeout; a connection with a stream open is not, however long it is quiet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_without_requests_is_closed_and_one_with_a_stream_is_not() -> anyhow::Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let (cert, key, pem) = self_signed(dir.path())?;
+    let server = Server::start(
+        &dir.path().join("data"),
+        &Opts::default()
+            .env("HERALD_TLS_CERT", &cert)
+            .env("HERALD_TLS_KEY", &key)
+            .env("HERALD_HEAD_TIMEOUT_SECS", "1"),
+    )?;
+
+    let mut roots = rustls::RootCertStore::empty();
+    for c in <rustls_pki_types::CertificateDer as rustls_pki_types::pem::PemObject>::pem_slice_iter(
+        pem.as_bytes(),
+    ) {
+        roots.add(c?)?;
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", server.port)).await?;
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1")?;
+    let mut tls = connector.connect(name, tcp).await?;
+    ensure!(
+        tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice()),
+        "HTTP/2 was not chosen"
+    );
+    let started = std::time::Instant::now();
+    let mut sink = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut sink))
+        .await
+        .context("a silent HTTP/2 connection was still open after 10 s")?
+        .ok();
+    let lived = started.elapsed();
+    ensure!(
+        lived >= Duration::from_millis(900),
+        "closed after {lived:?}, before the head timeout"
+    );
+
+    // A stream quiet for three idle periods keeps its connection.
+    let h2 = https_client(&pem, false)?;
+    let mut body = open_stream(&h2, &server, "live:quiet", reqwest::Version::HTTP_2).await?;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    publish(&h2, &server, "live:quiet", "after-the-quiet").await?;
+    wait_for(&mut body, "after-the-quiet").await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_certificate_or_a_lone_key_refuses_to_start() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
