@@ -294,8 +294,7 @@ fn publish(
         channel: p.channel,
         epoch: Some(ch.epoch),
         seq: Some(ch.seq),
-        duplicate: false,
-        error: None,
+        ..PublishResult::default()
     };
     for s in gone {
         drop_conn(s, conns, channels, poll);

@@ -171,6 +171,7 @@ fn reliable_msg(
         idempotency_key: Some(key),
         ephemeral: false,
         conflation_key: None,
+        trace: false,
     }
 }
 
@@ -344,6 +345,7 @@ async fn ephemeral(
         idempotency_key: None,
         ephemeral: true,
         conflation_key,
+        trace: false,
     };
     let d = topo.pick_dispatcher(rng, None);
     shared.ephemeral.fetch_add(1, Relaxed);

@@ -8,7 +8,7 @@ use futures_util::{Stream, StreamExt};
 use herald_proto::{
     ErrorBody, HistoryResponse, PublishBatchResponse, PublishResult, SseEvent, SseParser,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::time::Duration;
@@ -59,6 +59,27 @@ pub struct Publish {
     pub ephemeral: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conflation_key: Option<String>,
+    /// Trace it through the cluster ([`Client::trace`] shows its journey).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub trace: bool,
+}
+
+/// Which traced message to look up.
+#[derive(Clone, Debug)]
+pub enum TraceOf {
+    Id(String),
+    Position { channel: String, seq: u64 },
+}
+
+/// A traced message's journey (`GET /v1/trace`): every hop heard of, in time order.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Journey {
+    pub trace_id: String,
+    pub channel: String,
+    #[serde(default)]
+    pub seq: Option<u64>,
+    pub processes: Vec<String>,
+    pub hops: Vec<herald_trace::Hop>,
 }
 
 impl Publish {
@@ -165,6 +186,28 @@ impl Client {
             self.base,
             encode(channel)
         );
+        let resp = self.authorized(self.http.get(url), true).send().await?;
+        json_or_error(resp).await
+    }
+
+    /// The journey of a traced message, gathered from every process of the cluster that
+    /// answers within `wait`.
+    pub async fn trace(
+        &self,
+        of: &TraceOf,
+        wait: Option<Duration>,
+    ) -> Result<Journey, ClientError> {
+        let mut url = match of {
+            TraceOf::Id(id) => format!("{}/v1/trace?trace_id={}", self.base, encode(id)),
+            TraceOf::Position { channel, seq } => format!(
+                "{}/v1/trace?channel={}&seq={seq}",
+                self.base,
+                encode(channel)
+            ),
+        };
+        if let Some(w) = wait {
+            url.push_str(&format!("&wait_ms={}", w.as_millis()));
+        }
         let resp = self.authorized(self.http.get(url), true).send().await?;
         json_or_error(resp).await
     }

@@ -23,6 +23,7 @@ use bytes::Bytes;
 use herald_fabric::{Fabric, FabricMessage};
 use herald_proto::PublishResult;
 use herald_store::Store;
+use herald_trace::{Journal, Step, TraceContext};
 use sequencer::{Job, Sequencer};
 use stats::Counters;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,6 +45,8 @@ pub struct PublishItem {
     pub idempotency_key: Option<String>,
     pub ephemeral: bool,
     pub conflation_key: Option<String>,
+    /// Set when the publish is traced.
+    pub trace: Option<TraceContext>,
 }
 
 /// Tunables of the dispatcher.
@@ -60,6 +63,8 @@ pub struct DispatcherConfig {
     pub sweep_interval: Duration,
     /// How long an idempotency key dedupes retries.
     pub idempotency_window: Duration,
+    /// Where traced publishes record their hops (none: tracing is off here).
+    pub journal: Option<Arc<Journal>>,
 }
 
 impl Default for DispatcherConfig {
@@ -71,6 +76,7 @@ impl Default for DispatcherConfig {
             publish_timeout: Duration::from_secs(10),
             sweep_interval: Duration::from_secs(5),
             idempotency_window: Duration::from_secs(24 * 3600),
+            journal: None,
         }
     }
 }
@@ -268,6 +274,7 @@ impl Dispatcher {
             let job = Job {
                 items: reliable,
                 reply,
+                queued: std::time::Instant::now(),
             };
             let deadline = self.config.publish_timeout;
             let sent = tokio::time::timeout(deadline, self.jobs.send(job)).await;
@@ -321,11 +328,29 @@ impl Dispatcher {
                     event: Arc::from(item.event.as_deref().unwrap_or("message")),
                     data: item.data,
                     conflation_key: item.conflation_key.as_deref().map(Arc::from),
+                    trace: item.trace,
+                    sent_us: 0,
                 });
                 answered.push((i, item.channel));
             }
             let count = messages.len() as u64;
+            let traced: Vec<(TraceContext, Arc<str>)> = match &self.config.journal {
+                Some(_) => messages
+                    .iter()
+                    .filter_map(|m| Some((m.trace?, m.channel.clone())))
+                    .collect(),
+                None => Vec::new(),
+            };
+            let handed = herald_trace::now_us();
+            for m in &mut messages {
+                m.sent_us = handed;
+            }
             let sent = self.fabric.publish(messages).await;
+            if let (Some(j), true) = (&self.config.journal, sent.is_ok()) {
+                for (ctx, channel) in &traced {
+                    j.record_at(ctx, channel, None, Step::Fabric, handed, None);
+                }
+            }
             if sent.is_ok() {
                 self.counters.add_ephemeral(count);
             }

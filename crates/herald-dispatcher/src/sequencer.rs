@@ -15,6 +15,7 @@ use herald_proto::PublishResult;
 use herald_store::{
     AppendBatch, AppendEntry, BlockingStore, ChannelMeta, IdempotencyRecord, Store, StoreError,
 };
+use herald_trace::{Journal, Step, TraceContext};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +34,8 @@ pub(crate) type JobResult = Vec<(usize, Result<PublishResult, PublishError>)>;
 pub(crate) struct Job {
     pub items: Vec<(usize, PublishItem)>,
     pub reply: oneshot::Sender<JobResult>,
+    /// When the publish was handed to the sequencer.
+    pub queued: std::time::Instant,
 }
 
 /// A channel's head as this writer knows it, and the fence it was claimed under.
@@ -59,10 +62,13 @@ pub(crate) struct Sequencer {
     written: Arc<Written>,
     policies: Policies,
     ownership: Option<Arc<dyn Ownership>>,
-    /// Acknowledged entries with idempotency keys, to mark `landed` after the answers.
+    /// Acknowledged entries with idempotency keys, to mark `landed` after the answers
+    /// (only on stores that need the marks).
     landed: Vec<AppendEntry>,
+    marks_landed: bool,
     /// Those marks being written; they end with the sequencer.
     marks: JoinSet<()>,
+    journal: Option<Arc<Journal>>,
 }
 
 impl Sequencer {
@@ -75,6 +81,7 @@ impl Sequencer {
         ownership: Option<Arc<dyn Ownership>>,
     ) -> Self {
         Self {
+            marks_landed: store.marks_landed_records(),
             store,
             blocking: None,
             fabric,
@@ -87,6 +94,7 @@ impl Sequencer {
             ownership,
             landed: Vec::new(),
             marks: JoinSet::new(),
+            journal: config.journal.clone(),
         }
     }
 
@@ -133,6 +141,11 @@ impl Sequencer {
     async fn commit_group(&mut self, group: Vec<Job>) {
         let mut out: Vec<Vec<Outcome>> = group.iter().map(|j| vec![None; j.items.len()]).collect();
         self.process(&group, &mut out).await;
+        if let Some(j) = &self.journal {
+            for job in &group {
+                j.latency.publish_to_commit.observe(job.queued.elapsed());
+            }
+        }
         for (job, outcomes) in group.into_iter().zip(out) {
             let answer = job
                 .items
@@ -235,6 +248,7 @@ impl Sequencer {
         let expires = now.saturating_add(self.idempotency_window.as_millis() as u64);
         let mut batch = AppendBatch::default();
         let mut owners: Vec<(usize, usize, Term)> = Vec::with_capacity(pending.len());
+        let mut traces: Vec<(usize, TraceContext)> = Vec::new();
         let mut in_group: HashMap<(&str, &str), (u64, u64)> = HashMap::new();
         let mut duplicates = 0;
         for &(j, k, t) in &pending {
@@ -257,7 +271,7 @@ impl Sequencer {
                             epoch: Some(epoch),
                             seq: Some(seq),
                             duplicate: true,
-                            error: None,
+                            ..PublishResult::default()
                         }));
                         continue;
                     }
@@ -292,11 +306,14 @@ impl Sequencer {
                 ttl_secs: u32::try_from(ttl.as_secs()).unwrap_or(u32::MAX),
                 fence: t.fence,
             });
+            if let Some(ctx) = it.trace {
+                traces.push((batch.entries.len() - 1, ctx));
+            }
             owners.push((j, k, t));
         }
         self.counters.add_duplicates(duplicates);
         if !batch.entries.is_empty() {
-            self.write(batch, &owners, out).await;
+            self.write(batch, &owners, &traces, out).await;
         }
     }
 
@@ -306,6 +323,7 @@ impl Sequencer {
         &mut self,
         batch: AppendBatch,
         owners: &[(usize, usize, Term)],
+        traces: &[(usize, TraceContext)],
         out: &mut [Vec<Outcome>],
     ) {
         let mut partitions: Vec<u32> = owners.iter().map(|(_, _, t)| t.partition).collect();
@@ -318,12 +336,15 @@ impl Sequencer {
         }
         let entries = batch.entries.clone();
         let written = self.append(batch).await;
+        let stored_at = herald_trace::now_us();
         let mut messages = Vec::with_capacity(entries.len());
+        let mut trace_of = traces.iter().peekable();
         let mut last: HashMap<&str, u64> = HashMap::new();
         match written {
             Ok(()) => {
                 self.counters.add_commit();
-                for (e, &(j, k, t)) in entries.iter().zip(owners) {
+                for (n, (e, &(j, k, t))) in entries.iter().zip(owners).enumerate() {
+                    let trace = trace_of.next_if(|(at, _)| *at == n).map(|(_, c)| *c);
                     if !self.still_valid(t) {
                         self.counters.add_fenced();
                         self.heads.remove(&e.channel);
@@ -342,10 +363,9 @@ impl Sequencer {
                         channel: e.channel.clone(),
                         epoch: Some(e.epoch),
                         seq: Some(e.seq),
-                        duplicate: false,
-                        error: None,
+                        ..PublishResult::default()
                     }));
-                    if e.idempotency.is_some() {
+                    if self.marks_landed && e.idempotency.is_some() {
                         self.landed.push(e.clone());
                     }
                     last.insert(e.channel.as_str(), e.seq);
@@ -357,7 +377,12 @@ impl Sequencer {
                         event: Arc::from(e.event.as_str()),
                         data: e.data.clone(),
                         conflation_key: None,
+                        trace,
+                        sent_us: 0,
                     });
+                    if let (Some(ctx), Some(j)) = (&trace, &self.journal) {
+                        j.record_at(ctx, &e.channel, Some(e.seq), Step::Stored, stored_at, None);
+                    }
                 }
             }
             Err(err) => {
@@ -379,8 +404,31 @@ impl Sequencer {
         self.counters.add_reliable(messages.len() as u64);
         self.written.note(last);
         if !messages.is_empty() {
-            if let Err(e) = self.fabric.publish(messages).await {
-                tracing::warn!(error = %e, "fabric publish failed; nodes repair from the store");
+            let traced: Vec<(TraceContext, Arc<str>, u64)> = match &self.journal {
+                Some(_) if !traces.is_empty() => messages
+                    .iter()
+                    .filter_map(|m| Some((m.trace?, m.channel.clone(), m.seq)))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let handed = herald_trace::now_us();
+            for m in &mut messages {
+                m.sent_us = handed;
+            }
+            match self.fabric.publish(messages).await {
+                Ok(()) => {
+                    if let Some(j) = &self.journal {
+                        let done = herald_trace::now_us();
+                        let took = herald_trace::between_us(stored_at, done);
+                        j.latency.commit_to_fabric.observe(took);
+                        for (ctx, channel, seq) in &traced {
+                            j.record_at(ctx, channel, Some(*seq), Step::Fabric, handed, None);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "fabric publish failed; nodes repair from the store")
+                }
             }
         }
     }

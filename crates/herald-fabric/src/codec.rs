@@ -1,25 +1,35 @@
 //! The NATS payload of a [`FabricMessage`]: a compact binary header followed by the
 //! publisher's data, so a node decodes a message without copying its data.
 //!
-//! Layout (version 1):
+//! Layout (version 2; version 1 ends its header after the conflation key):
 //!
 //! ```text
-//! u8 version = 1
+//! u8 version = 2
 //! varint epoch, varint seq, varint ts_ms            (LEB128, at most 10 bytes each)
 //! varint len, len bytes                              event name (UTF-8)
 //! varint 0 | varint len+1, len bytes                 conflation key (UTF-8), 0 = none
+//! varint sent_us                                     handed to the fabric (µs since 1970)
+//! u8 flags                                           bit 0: traced
+//! if traced: 16 bytes trace id, 8 bytes span id      (W3C trace context)
 //! rest                                               data
 //! ```
+//!
+//! Nodes read both versions; dispatchers write version 2. In a rolling upgrade from a
+//! release that wrote version 1, upgrade the nodes first (an old node refuses version 2 and
+//! repairs every message from the store).
 //!
 //! The channel is not in the payload: the subject carries it.
 
 use crate::FabricMessage;
 use bytes::{BufMut, Bytes, BytesMut};
 use herald_proto::varint::{self, VarintError};
+use herald_trace::{SpanId, TraceContext, TraceId};
 use std::sync::Arc;
 use thiserror::Error;
 
-const VERSION: u8 = 1;
+const VERSION_1: u8 = 1;
+const VERSION: u8 = 2;
+const TRACED: u8 = 1;
 
 /// Why a payload is not a valid fabric message.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -43,7 +53,7 @@ pub enum DecodeError {
 pub fn encode(m: &FabricMessage) -> Bytes {
     let key_len = m.conflation_key.as_ref().map_or(0, |k| k.len());
     let mut buf =
-        BytesMut::with_capacity(1 + 3 * 10 + 2 * 10 + m.event.len() + key_len + m.data.len());
+        BytesMut::with_capacity(1 + 3 * 10 + 2 * 10 + m.event.len() + key_len + 24 + m.data.len());
     buf.put_u8(VERSION);
     put_varint(&mut buf, m.epoch);
     put_varint(&mut buf, m.seq);
@@ -57,6 +67,15 @@ pub fn encode(m: &FabricMessage) -> Bytes {
             buf.put_slice(k.as_bytes());
         }
     }
+    put_varint(&mut buf, m.sent_us);
+    match &m.trace {
+        None => buf.put_u8(0),
+        Some(t) => {
+            buf.put_u8(TRACED);
+            buf.put_slice(&t.trace_id.0);
+            buf.put_slice(&t.parent.0);
+        }
+    }
     buf.put_slice(&m.data);
     buf.freeze()
 }
@@ -68,7 +87,7 @@ pub fn decode(channel: Arc<str>, payload: Bytes) -> Result<FabricMessage, Decode
         pos: 0,
     };
     let version = r.byte().ok_or(DecodeError::Empty)?;
-    if version != VERSION {
+    if version != VERSION && version != VERSION_1 {
         return Err(DecodeError::Version(version));
     }
     let epoch = r.varint("epoch")?;
@@ -79,6 +98,28 @@ pub fn decode(channel: Arc<str>, payload: Bytes) -> Result<FabricMessage, Decode
     let key = match r.varint("conflation key length")? {
         0 => None,
         n => Some(r.str(n - 1, "conflation key")?),
+    };
+    let (sent_us, flags) = if version == VERSION {
+        let sent = r.varint("send time")?;
+        (sent, r.byte().ok_or(DecodeError::Truncated("flags"))?)
+    } else {
+        (0, 0)
+    };
+    if flags & !TRACED != 0 {
+        return Err(DecodeError::Invalid(
+            "flags",
+            format!("unknown bits {flags:#04x}"),
+        ));
+    }
+    let trace = if flags & TRACED != 0 {
+        let trace_id = r.array::<16>("trace id")?;
+        let parent = r.array::<8>("span id")?;
+        Some(TraceContext {
+            trace_id: TraceId(trace_id),
+            parent: SpanId(parent),
+        })
+    } else {
+        None
     };
     // Every field goes to subscribers as SSE lines: a name or payload that could break a
     // line (a forged message on the fabric) is refused here, as the publish path refuses it.
@@ -99,6 +140,8 @@ pub fn decode(channel: Arc<str>, payload: Bytes) -> Result<FabricMessage, Decode
         event: Arc::from(event),
         data,
         conflation_key: key.map(Arc::from),
+        trace,
+        sent_us,
     })
 }
 
@@ -141,6 +184,17 @@ impl<'a> Reader<'a> {
         self.pos += len;
         Ok(s)
     }
+
+    fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], DecodeError> {
+        let bytes = self
+            .buf
+            .get(self.pos..self.pos + N)
+            .ok_or(DecodeError::Truncated(what))?;
+        let mut out = [0u8; N];
+        out.copy_from_slice(bytes);
+        self.pos += N;
+        Ok(out)
+    }
 }
 
 #[cfg(test)]
@@ -157,6 +211,8 @@ mod tests {
             event: Arc::from("comment"),
             data: Bytes::from_static(br#"{"text":"hi"}"#),
             conflation_key: None,
+            trace: None,
+            sent_us: 0,
         }
     }
 
@@ -193,6 +249,34 @@ mod tests {
     }
 
     #[test]
+    fn a_traced_message_carries_its_context_and_send_time() {
+        let mut m = msg();
+        m.sent_us = 1_700_000_000_123_456;
+        m.trace = Some(TraceContext::random());
+        let payload = encode(&m);
+        let got = decode(m.channel.clone(), payload.clone()).unwrap();
+        assert_same(&m, &got);
+        assert_eq!(got.trace, m.trace);
+        assert_eq!(got.sent_us, m.sent_us);
+        // Cut inside the context: refused, not misread as data.
+        let data_at = payload.len() - m.data.len();
+        let cut = decode(m.channel.clone(), payload.slice(..data_at - 3)).unwrap_err();
+        assert_eq!(cut, DecodeError::Truncated("span id"));
+    }
+
+    #[test]
+    fn version_1_payloads_still_decode() {
+        // What the previous release's dispatchers wrote: no send time, no flags.
+        let mut v1 = vec![VERSION_1, 7, 0xac, 0x02, 1, 1, b'e', 0];
+        v1.extend_from_slice(br#"{"x":1}"#);
+        let got = decode(Arc::from("c"), Bytes::from(v1)).unwrap();
+        assert_eq!((got.epoch, got.seq, got.ts_ms), (7, 300, 1));
+        assert_eq!(&got.event[..], "e");
+        assert_eq!(&got.data[..], br#"{"x":1}"#);
+        assert_eq!((got.sent_us, got.trace), (0, None));
+    }
+
+    #[test]
     fn empty_key_differs_from_no_key() {
         let mut m = msg();
         m.conflation_key = Some(Arc::from(""));
@@ -203,7 +287,7 @@ mod tests {
     #[test]
     fn rejects_bad_input() {
         assert_eq!(err(&[]), DecodeError::Empty);
-        assert_eq!(err(&[2, 0, 0, 0]), DecodeError::Version(2));
+        assert_eq!(err(&[3, 0, 0, 0]), DecodeError::Version(3));
         assert_eq!(err(&[1, 0x80]), DecodeError::Truncated("epoch"));
         let overflow = [
             1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02,
@@ -289,6 +373,8 @@ mod tests {
                 event: Arc::from(event.as_str()),
                 data: Bytes::from(data),
                 conflation_key: key.as_deref().map(Arc::from),
+                trace: None,
+                sent_us: 0,
             };
             let got = decode(m.channel.clone(), encode(&m)).unwrap();
             prop_assert_eq!(fields(&got), fields(&m));

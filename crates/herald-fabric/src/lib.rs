@@ -8,14 +8,19 @@
 #![forbid(unsafe_code)]
 
 #[cfg(feature = "nats")]
+mod ask;
+#[cfg(feature = "nats")]
 mod codec;
 #[cfg(feature = "nats")]
 mod nats;
+#[cfg(feature = "nats")]
+pub use ask::Answer;
 #[cfg(feature = "nats")]
 pub use nats::{NatsAuth, NatsFabric, NatsOptions, NatsStats};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+pub use herald_trace::TraceContext;
 use std::sync::Arc;
 use thiserror::Error;
 use tokio::sync::mpsc;
@@ -34,6 +39,11 @@ pub struct FabricMessage {
     pub data: Bytes,
     /// Ephemeral only: a newer message with the same key replaces an undelivered older one.
     pub conflation_key: Option<Arc<str>>,
+    /// Set when the message is traced: every process that handles it records its hops.
+    pub trace: Option<TraceContext>,
+    /// When the dispatcher handed it to the fabric (µs since the Unix epoch; 0: unknown),
+    /// for the fabric's share of the latency.
+    pub sent_us: u64,
 }
 
 impl FabricMessage {
@@ -144,6 +154,8 @@ mod tests {
             event: Arc::from("message"),
             data: Bytes::from_static(b"{}"),
             conflation_key: None,
+            trace: None,
+            sent_us: 0,
         }
     }
 

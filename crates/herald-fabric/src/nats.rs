@@ -177,12 +177,26 @@ pub struct NatsFabric {
     inner: Arc<Inner>,
 }
 
-struct Inner {
-    client: Client,
-    prefix: String,
+pub(crate) struct Inner {
+    pub(crate) client: Client,
+    pub(crate) prefix: String,
     shared: Arc<Shared>,
-    stop: watch::Sender<bool>,
+    pub(crate) stop: watch::Sender<bool>,
     manager: Mutex<Option<JoinHandle<()>>>,
+    /// Tasks answering cluster questions; they end when `stop` is sent.
+    answerers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Inner {
+    /// Keeps a task that ends with the fabric.
+    pub(crate) fn own(&self, task: JoinHandle<()>) {
+        let mut tasks = self
+            .answerers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task);
+    }
 }
 
 impl Drop for Inner {
@@ -343,9 +357,14 @@ impl NatsFabric {
                 shared,
                 stop: stop_tx,
                 manager: Mutex::new(Some(handle)),
+                answerers: Mutex::new(Vec::new()),
             }),
         };
         Ok((fabric, incoming_rx))
+    }
+
+    pub(crate) fn inner(&self) -> &Inner {
+        &self.inner
     }
 
     /// Counters since creation.
@@ -369,6 +388,17 @@ impl NatsFabric {
             return;
         }
         inner.stop.send_replace(true);
+        let answerers: Vec<JoinHandle<()>> = std::mem::take(
+            &mut *inner
+                .answerers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for mut t in answerers {
+            if timeout(SHUTDOWN_STEP, &mut t).await.is_err() {
+                t.abort();
+            }
+        }
         let handle = inner
             .manager
             .lock()

@@ -163,6 +163,8 @@ mod real {
             event: Arc::from("comment"),
             data: Bytes::from(format!(r#"{{"n":{seq},"text":"h\u00e9 there"}}"#)),
             conflation_key: (seq == 0).then(|| Arc::from("viewers")),
+            trace: None,
+            sent_us: 0,
         }
     }
 

@@ -5,7 +5,9 @@ use crate::item::Item;
 use crate::message::Message;
 use bytes::Bytes;
 use herald_proto::{encode_cursor_into, Position};
+use herald_trace::Fanout;
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 /// Most bytes framed into one write; the rest waits for the next.
 pub(crate) const MAX_CHUNK: usize = 256 * 1024;
@@ -97,6 +99,20 @@ pub(crate) struct Framed {
     pub delivered: u64,
     /// A message went missing for this connection: end the stream so the client resumes.
     pub gap: bool,
+    /// Traced messages in the bytes: written when the socket has taken them.
+    pub traced: Vec<Arc<Fanout>>,
+}
+
+impl Framed {
+    /// Notes what became of a traced message on this connection.
+    fn trace(&mut self, m: &Message, accept: &Accept) {
+        let Some(f) = &m.trace else { return };
+        match accept {
+            Accept::Write => self.traced.push(f.clone()),
+            Accept::Skip => f.skipped(true),
+            Accept::Gap => f.skipped(false),
+        }
+    }
 }
 
 /// What a single item framed without copying came to.
@@ -104,6 +120,16 @@ enum Shared {
     Write(Bytes),
     Skip,
     Gap,
+}
+
+impl Shared {
+    fn accept(&self) -> Accept {
+        match self {
+            Shared::Write(_) => Accept::Write,
+            Shared::Skip => Accept::Skip,
+            Shared::Gap => Accept::Gap,
+        }
+    }
 }
 
 /// A single item framed without copying, when possible: a reliable event of a one-channel
@@ -127,28 +153,24 @@ fn frame_shared(item: &Item, positions: &mut Positions) -> Option<Shared> {
 pub(crate) fn frame_next(items: &mut VecDeque<Item>, positions: &mut Positions) -> (Bytes, Framed) {
     if items.len() == 1 {
         if let Some(shared) = items.front().and_then(|it| frame_shared(it, positions)) {
-            let counted = matches!(
-                items.pop_front(),
-                Some(Item::Reliable(..) | Item::Ephemeral(..))
-            );
+            let mut framed = Framed::default();
+            let counted = match items.pop_front() {
+                Some(Item::Reliable(m, _) | Item::Ephemeral(m, ..)) => {
+                    framed.trace(&m, &shared.accept());
+                    true
+                }
+                _ => false,
+            };
             return match shared {
-                Shared::Write(b) => (
-                    b,
-                    Framed {
-                        delivered: u64::from(counted),
-                        gap: false,
-                    },
-                ),
-                Shared::Skip => (Bytes::new(), Framed::default()),
+                Shared::Write(b) => {
+                    framed.delivered = u64::from(counted);
+                    (b, framed)
+                }
+                Shared::Skip => (Bytes::new(), framed),
                 Shared::Gap => {
                     items.clear();
-                    (
-                        Bytes::new(),
-                        Framed {
-                            delivered: 0,
-                            gap: true,
-                        },
-                    )
+                    framed.gap = true;
+                    (Bytes::new(), framed)
                 }
             };
         }
@@ -163,25 +185,30 @@ fn frame_into(items: &mut VecDeque<Item>, positions: &mut Positions, out: &mut V
     let mut f = Framed::default();
     while let Some(item) = items.pop_front() {
         match item {
-            Item::Reliable(m, idx) => match positions.accept(&m, idx) {
-                Accept::Write => {
-                    f.delivered += 1;
-                    if positions.single() {
-                        out.extend_from_slice(&m.single);
-                    } else {
-                        positions.write_id_line(out);
-                        out.extend_from_slice(&m.body);
+            Item::Reliable(m, idx) => {
+                let accept = positions.accept(&m, idx);
+                f.trace(&m, &accept);
+                match accept {
+                    Accept::Write => {
+                        f.delivered += 1;
+                        if positions.single() {
+                            out.extend_from_slice(&m.single);
+                        } else {
+                            positions.write_id_line(out);
+                            out.extend_from_slice(&m.body);
+                        }
+                    }
+                    Accept::Skip => {}
+                    Accept::Gap => {
+                        f.gap = true;
+                        items.clear();
+                        return f;
                     }
                 }
-                Accept::Skip => {}
-                Accept::Gap => {
-                    f.gap = true;
-                    items.clear();
-                    return f;
-                }
-            },
+            }
             Item::Ephemeral(m, ..) => {
                 f.delivered += 1;
+                f.trace(&m, &Accept::Write);
                 out.extend_from_slice(&m.body);
             }
             Item::Position(idx, pos) => positions.set(idx, pos),

@@ -190,6 +190,8 @@ impl Hub {
                 g.ring.push_back(msg.clone());
             }
         }
+        let started_us = msg.trace.as_ref().map(|_| herald_trace::now_us());
+        let mut counts = herald_trace::FanoutCounts::default();
         let mut i = 0;
         while i < g.subs.len() {
             let (q, idx) = &g.subs[i];
@@ -203,15 +205,23 @@ impl Hub {
                 flush.push(q.clone());
             }
             match pushed {
-                Pushed::Queued => {}
-                Pushed::Conflated => Counters::bump(&self.counters.ephemeral_conflated),
-                Pushed::Evicted => Counters::bump(&self.counters.ephemeral_evicted),
+                Pushed::Queued => counts.queued += 1,
+                Pushed::Conflated => {
+                    counts.conflated += 1;
+                    Counters::bump(&self.counters.ephemeral_conflated)
+                }
+                Pushed::Evicted => {
+                    counts.evicted += 1;
+                    Counters::bump(&self.counters.ephemeral_evicted)
+                }
                 Pushed::Dropped => {
+                    counts.dropped += 1;
                     if !q.is_closed() {
                         Counters::bump(&self.counters.ephemeral_dropped);
                     }
                 }
                 Pushed::Overflow => {
+                    counts.slow_consumer += 1;
                     Counters::bump(if msg.is_ephemeral() {
                         &self.counters.ephemeral_disconnects
                     } else {
@@ -226,6 +236,9 @@ impl Hub {
         }
         if g.subs.is_empty() && g.idle_since.is_none() {
             g.idle_since = Some(Instant::now());
+        }
+        if let (Some(f), Some(started)) = (&msg.trace, started_us) {
+            f.fanned_out(started, herald_trace::now_us(), counts);
         }
         Delivered::Done
     }
@@ -444,15 +457,20 @@ mod tests {
     }
 
     fn msg(seq: u64) -> Arc<Message> {
-        Message::from_fabric(&FabricMessage {
-            channel: Arc::from("live:h"),
-            epoch: 7,
-            seq,
-            ts_ms: 1,
-            event: Arc::from("message"),
-            data: Bytes::from_static(b"{}"),
-            conflation_key: None,
-        })
+        Message::from_fabric(
+            &FabricMessage {
+                channel: Arc::from("live:h"),
+                epoch: 7,
+                seq,
+                ts_ms: 1,
+                event: Arc::from("message"),
+                data: Bytes::from_static(b"{}"),
+                conflation_key: None,
+                trace: None,
+                sent_us: 0,
+            },
+            None,
+        )
     }
 
     fn queue(cap: usize) -> Arc<ConnQueue> {
@@ -512,15 +530,20 @@ mod tests {
             h.attach(&fresh, &q, 0, Position::default()),
             Attached::Live
         ));
-        let m = Message::from_fabric(&FabricMessage {
-            channel: Arc::from("live:h2"),
-            epoch: 7,
-            seq: 2,
-            ts_ms: 1,
-            event: Arc::from("message"),
-            data: Bytes::from_static(b"{}"),
-            conflation_key: None,
-        });
+        let m = Message::from_fabric(
+            &FabricMessage {
+                channel: Arc::from("live:h2"),
+                epoch: 7,
+                seq: 2,
+                ts_ms: 1,
+                event: Arc::from("message"),
+                data: Bytes::from_static(b"{}"),
+                conflation_key: None,
+                trace: None,
+                sent_us: 0,
+            },
+            None,
+        );
         assert!(matches!(
             h.deliver(&m, &mut flush),
             Delivered::Gap { after: 0 }

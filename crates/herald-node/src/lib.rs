@@ -77,6 +77,8 @@ pub struct NodeConfig {
     /// much kernel memory and, since the queue still drains into it, hides the stall from
     /// the write timeout for minutes.
     pub stream_sndbuf: usize,
+    /// Where traced messages record their hops through this node (none: not recorded).
+    pub journal: Option<Arc<herald_trace::Journal>>,
 }
 
 /// Slow-consumer policy of ephemeral messages, per namespace.
@@ -112,6 +114,7 @@ impl Default for NodeConfig {
             slow_policies: SlowPolicies::default(),
             max_conn_lifetime: None,
             stream_sndbuf: 64 * 1024,
+            journal: None,
         }
     }
 }

@@ -4,6 +4,7 @@ use bytes::Bytes;
 use herald_fabric::FabricMessage;
 use herald_proto::{channel_hash, encode_cursor_into, write_envelope, write_event, Position};
 use herald_store::StoredMessage;
+use herald_trace::Fanout;
 use std::sync::Arc;
 
 /// One message, framed once per node.
@@ -21,6 +22,8 @@ pub struct Message {
     pub body: Bytes,
     /// `id:` for a stream of just this channel, then `body`. Empty for ephemeral messages.
     pub single: Bytes,
+    /// Set when the message is traced: its fan-out on this node is counted there.
+    pub trace: Option<Arc<Fanout>>,
 }
 
 impl Message {
@@ -28,7 +31,8 @@ impl Message {
         self.seq == 0
     }
 
-    pub fn from_fabric(m: &FabricMessage) -> Arc<Self> {
+    /// `trace`: where its fan-out is counted, when it is traced.
+    pub fn from_fabric(m: &FabricMessage, trace: Option<Arc<Fanout>>) -> Arc<Self> {
         Self::encode(
             m.channel.clone(),
             m.epoch,
@@ -37,13 +41,17 @@ impl Message {
             &m.event,
             &m.data,
             m.conflation_key.clone(),
+            trace,
         )
     }
 
     pub fn from_stored(channel: Arc<str>, m: &StoredMessage) -> Arc<Self> {
-        Self::encode(channel, m.epoch, m.seq, m.ts_ms, &m.event, &m.data, None)
+        Self::encode(
+            channel, m.epoch, m.seq, m.ts_ms, &m.event, &m.data, None, None,
+        )
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn encode(
         channel: Arc<str>,
         epoch: u64,
@@ -52,6 +60,7 @@ impl Message {
         event: &str,
         data: &[u8],
         conflation_key: Option<Arc<str>>,
+        trace: Option<Arc<Fanout>>,
     ) -> Arc<Self> {
         let ephemeral = seq == 0;
         let mut envelope = Vec::with_capacity(data.len() + channel.len() + 64);
@@ -82,6 +91,7 @@ impl Message {
             event: Arc::from(event),
             body: Bytes::from(body),
             single,
+            trace,
         })
     }
 }

@@ -78,6 +78,8 @@ struct Inner {
     closed: Option<CloseReason>,
     /// When the writer last took bytes; with bytes pending for long, the peer is stalled.
     last_drain: Instant,
+    /// Traced messages in bytes the socket has not taken yet (nearly always empty).
+    traced_unwritten: Vec<Arc<herald_trace::Fanout>>,
 }
 
 /// Outbound queue of one connection.
@@ -108,6 +110,7 @@ impl ConnQueue {
                 writer: None,
                 closed: None,
                 last_drain: Instant::now(),
+                traced_unwritten: Vec::new(),
             }),
             cap: cap.max(1),
             transport,
@@ -248,7 +251,7 @@ impl ConnQueue {
             return;
         };
         match sock.try_write(&bytes) {
-            Ok(n) if n == bytes.len() => {}
+            Ok(n) if n == bytes.len() => written(&mut g.traced_unwritten),
             Ok(n) => g.pending = Some(bytes.slice(n..)),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => g.pending = Some(bytes),
             Err(_) => g.closed = Some(CloseReason::ClientGone),
@@ -268,7 +271,10 @@ impl ConnQueue {
     /// Frames the next write out of the queue and counts its deliveries; `None` when it
     /// wrote nothing (duplicates only) or found a gap, which closes the stream.
     fn take_framed(&self, g: &mut Inner) -> Option<Bytes> {
-        let (bytes, framed) = frame_next(&mut g.items, &mut g.positions);
+        let (bytes, mut framed) = frame_next(&mut g.items, &mut g.positions);
+        if !framed.traced.is_empty() {
+            g.traced_unwritten.append(&mut framed.traced);
+        }
         if framed.delivered > 0 {
             self.counters
                 .deliveries
@@ -327,6 +333,10 @@ impl ConnQueue {
     /// framed into one chunk. Registers the writer's waker when there is nothing.
     pub fn poll_chunk(&self, cx: &mut Context<'_>) -> Poll<Chunk> {
         let mut g = self.inner.lock();
+        if g.writing {
+            // The writer is back: its last chunk was taken by the socket.
+            written(&mut g.traced_unwritten);
+        }
         loop {
             if let Some(p) = g.pending.take() {
                 g.writing = true;
@@ -410,6 +420,13 @@ impl ConnQueue {
     }
 }
 
+/// The socket took the bytes of these traced messages.
+fn written(traced: &mut Vec<Arc<herald_trace::Fanout>>) {
+    for f in traced.drain(..) {
+        f.written();
+    }
+}
+
 /// Data is about to wait in a drained queue: the stall clock starts now, not at the last time
 /// the writer happened to run (direct writes from the fan-out never involve the writer).
 fn start_waiting(g: &mut Inner) {
@@ -430,15 +447,20 @@ mod tests {
     use herald_proto::Position;
 
     fn msg(seq: u64, key: Option<&str>) -> Arc<Message> {
-        Message::from_fabric(&FabricMessage {
-            channel: Arc::from("live:1"),
-            epoch: if seq == 0 { 0 } else { 1 },
-            seq,
-            ts_ms: 1,
-            event: Arc::from("message"),
-            data: Bytes::from_static(b"{}"),
-            conflation_key: key.map(Arc::from),
-        })
+        Message::from_fabric(
+            &FabricMessage {
+                channel: Arc::from("live:1"),
+                epoch: if seq == 0 { 0 } else { 1 },
+                seq,
+                ts_ms: 1,
+                event: Arc::from("message"),
+                data: Bytes::from_static(b"{}"),
+                conflation_key: key.map(Arc::from),
+                trace: None,
+                sent_us: 0,
+            },
+            None,
+        )
     }
 
     fn queue(cap: usize) -> ConnQueue {

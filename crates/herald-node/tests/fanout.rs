@@ -183,6 +183,8 @@ fn ephemeral_msg(channel: &str) -> Incoming {
         event: Arc::from("reaction"),
         data: Bytes::from_static(b"{}"),
         conflation_key: None,
+        trace: None,
+        sent_us: 0,
     })
 }
 

@@ -22,6 +22,12 @@ pub struct PublishRequest {
     pub ephemeral: bool,
     #[serde(default)]
     pub conflation_key: Option<String>,
+    /// Trace this message through the cluster (`GET /v1/trace`).
+    #[serde(default)]
+    pub trace: bool,
+    /// A W3C trace context continuing the publisher's trace (traced when sampled).
+    #[serde(default)]
+    pub traceparent: Option<String>,
 }
 
 /// Body of `POST /v1/publish/batch`.
@@ -46,6 +52,9 @@ pub struct PublishResult {
     /// Why this item was not published (the others' results stand).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorDetail>,
+    /// The trace id, when the message is traced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 /// Response of `POST /v1/publish/batch`, one result per message in order.
@@ -346,8 +355,7 @@ mod tests {
             channel: "c".into(),
             epoch: Some(1),
             seq: Some(2),
-            duplicate: false,
-            error: None,
+            ..PublishResult::default()
         };
         assert_eq!(
             serde_json::to_string(&r).expect("ser"),
@@ -357,8 +365,7 @@ mod tests {
             channel: "c".into(),
             epoch: None,
             seq: None,
-            duplicate: false,
-            error: None,
+            ..PublishResult::default()
         };
         assert_eq!(
             serde_json::to_string(&eph).expect("ser"),

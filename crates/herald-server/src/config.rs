@@ -103,6 +103,13 @@ pub struct ServeArgs {
     /// PEM private key of `--tls-cert`.
     #[arg(long, env = "HERALD_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Fraction of publishes traced without asking (0 to 1; default 0): each hop through
+    /// the cluster is recorded and `herald trace` shows the journey.
+    #[arg(long, env = "HERALD_TRACE_SAMPLE")]
+    pub trace_sample: Option<f64>,
+    /// Traced messages each process remembers (the oldest are forgotten); default 10,000.
+    #[arg(long, env = "HERALD_TRACE_KEEP")]
+    pub trace_keep: Option<usize>,
     /// Allow anonymous subscribe and publish. Never use in production.
     #[arg(long, env = "HERALD_DEV")]
     pub dev: bool,
@@ -141,6 +148,8 @@ pub struct FileConfig {
     pub max_sockets: Option<usize>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    pub trace_sample: Option<f64>,
+    pub trace_keep: Option<usize>,
     /// `[namespaces.<name>]`; `[namespaces.default]` changes the fallback.
     #[serde(default)]
     pub namespaces: HashMap<String, NamespaceEntry>,
@@ -211,6 +220,10 @@ pub struct Config {
     pub limits: crate::server::admission::Limits,
     /// Serve HTTPS with this, when a certificate is configured.
     pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    /// Fraction of publishes traced without asking.
+    pub trace_sample: f64,
+    /// Traced messages remembered.
+    pub trace_keep: usize,
 }
 
 /// A secret that never prints.
@@ -235,6 +248,18 @@ pub struct Needs {
 }
 
 impl Config {
+    /// The journal of this process's traced messages, given to its node and dispatcher.
+    pub fn attach_journal(
+        &mut self,
+        process: &str,
+        role: &str,
+    ) -> std::sync::Arc<herald_trace::Journal> {
+        let journal = herald_trace::Journal::new(process, role, self.trace_keep);
+        self.node.journal = Some(journal.clone());
+        self.dispatcher.journal = Some(journal.clone());
+        journal
+    }
+
     pub fn load(args: &ServeArgs) -> anyhow::Result<Self> {
         Self::load_for(
             args,
@@ -362,6 +387,10 @@ impl Config {
                 bail!("TLS needs both a certificate (HERALD_TLS_CERT) and its key (HERALD_TLS_KEY)")
             }
         };
+        let trace_sample = args.trace_sample.or(file.trace_sample).unwrap_or(0.0);
+        if !(0.0..=1.0).contains(&trace_sample) {
+            bail!("HERALD_TRACE_SAMPLE must be between 0 and 1 (got {trace_sample})");
+        }
         let key_names: Vec<&str> = api_keys.iter().map(|k| k.name.as_str()).collect();
         for (ns, p) in &dispatcher.policies.namespaces {
             for name in p.publishers.iter().flatten() {
@@ -393,6 +422,8 @@ impl Config {
             drain: args.drain_secs.or(file.drain_secs).map(Duration::from_secs),
             limits,
             tls,
+            trace_sample,
+            trace_keep: args.trace_keep.or(file.trace_keep).unwrap_or(10_000).max(1),
         })
     }
 }

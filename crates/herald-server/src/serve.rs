@@ -27,7 +27,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     runtime.block_on(serve(config))
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(mut config: Config) -> anyhow::Result<()> {
+    let journal = config.attach_journal("serve", "serve");
     let store: Arc<dyn Store> = Arc::new(
         FjallStore::open(FjallOptions::new(&config.data_dir))
             .with_context(|| format!("opening the store in {}", config.data_dir.display()))?,
@@ -43,7 +44,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     );
     let listener = listen(config.listen).with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
-    let state = State::new(&config, Some(node), Some(dispatcher), store, fabric, None);
+    let tracing = server::trace::Tracing::new(journal, config.trace_sample, None);
+    let state = State::new(
+        &config,
+        Some(node),
+        Some(dispatcher),
+        store,
+        fabric,
+        None,
+        tracing,
+    );
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "herald serving");
     announce(addr, config.tls.is_some());
     server::serve(

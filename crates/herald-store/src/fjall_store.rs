@@ -294,6 +294,10 @@ impl Store for FjallStore {
         Ok(())
     }
 
+    fn marks_landed_records(&self) -> bool {
+        false
+    }
+
     async fn trim(
         &self,
         channel: &str,

@@ -74,6 +74,12 @@ pub trait Store: Send + Sync + 'static {
     /// acknowledged, so their records stand on their own, however long their messages live.
     async fn idempotency_landed(&self, entries: &[AppendEntry]) -> Result<(), StoreError>;
 
+    /// Whether [`Store::idempotency_landed`] does anything; false where a record is written
+    /// with its message and stands on its own from the start, so callers skip the marks.
+    fn marks_landed_records(&self) -> bool {
+        true
+    }
+
     /// The record of an earlier publish with this idempotency key, if it has not expired.
     async fn idempotency_get(
         &self,

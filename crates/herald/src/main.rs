@@ -54,6 +54,9 @@ enum Command {
     Token(cli::token::Args),
     /// Drain a node before it stops: SIGTERM, then follow its streams until it has exited.
     Drain(cli::drain::Args),
+    /// Show a traced message's journey through the cluster: `herald trace CHANNEL SEQ`
+    /// or `herald trace TRACE_ID`.
+    Trace(cli::trace::Args),
     /// Load-test a server or a cluster: connections, deliveries, latency, memory and CPU per
     /// process role, CQL / NATS / Cassandra counters, and the store's own price.
     Bench(herald_bench::Args),
@@ -89,6 +92,7 @@ fn main() -> anyhow::Result<()> {
         Command::Subscribe(args) => cli::runtime()?.block_on(cli::subscribe::run(args)),
         Command::Token(args) => cli::token::run(args),
         Command::Drain(args) => cli::runtime()?.block_on(cli::drain::run(args)),
+        Command::Trace(args) => cli::runtime()?.block_on(cli::trace::run(args)),
         Command::Bench(args) => {
             let report = cli::runtime_multi()?.block_on(herald_bench::run(args))?;
             report.print();

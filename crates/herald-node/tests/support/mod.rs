@@ -37,6 +37,8 @@ pub fn fabric_msg(channel: &str, seq: u64) -> Incoming {
         event: Arc::from("message"),
         data: Bytes::from(format!("{{\"n\":{seq}}}")),
         conflation_key: None,
+        trace: None,
+        sent_us: 0,
     })
 }
 

@@ -121,6 +121,9 @@ struct ForwardedItem<'a> {
     event: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     idempotency_key: Option<&'a str>,
+    /// The publish's trace continues on the owner.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    traceparent: Option<String>,
 }
 
 impl Forwarder {
@@ -291,6 +294,7 @@ async fn send(
             data: raw,
             event: item.event.as_deref(),
             idempotency_key: item.idempotency_key.as_deref(),
+            traceparent: item.trace.map(|t| t.traceparent()),
         })
         .collect();
     let url = format!("{}://{}/v1/publish/batch", client.scheme, owner.addr);

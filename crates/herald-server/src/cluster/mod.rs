@@ -219,7 +219,7 @@ pub fn run(role: Role, args: RoleArgs) -> anyhow::Result<()> {
     runtime.block_on(serve_role(role, args, config))
 }
 
-async fn serve_role(role: Role, args: RoleArgs, config: Config) -> anyhow::Result<()> {
+async fn serve_role(role: Role, args: RoleArgs, mut config: Config) -> anyhow::Result<()> {
     let secret = match (&args.cluster_secret, role, config.dev) {
         (Some(s), _, _) if s.len() >= 16 => s.clone(),
         (Some(_), _, _) => bail!("HERALD_CLUSTER_SECRET must be at least 16 bytes"),
@@ -239,6 +239,7 @@ async fn serve_role(role: Role, args: RoleArgs, config: Config) -> anyhow::Resul
             rand::random::<u32>()
         )
     });
+    let journal = config.attach_journal(&id, role.name());
     let (stop_tx, stop_rx) = watch::channel(false);
     let (store, connect_task) = ConnectingStore::start(args.store.options(), stop_rx.clone());
     let mut nats = NatsOptions::new(args.nats.clone());
@@ -284,11 +285,20 @@ async fn serve_role(role: Role, args: RoleArgs, config: Config) -> anyhow::Resul
                 leases,
                 secret,
                 args.cluster_tls_ca.as_deref(),
+                journal.clone(),
             )?);
             (None, Some(dispatcher), Some(routing))
         }
     };
-    let state = State::new(&config, node, dispatcher, dyn_store, dyn_fabric, routing);
+    let tracing =
+        server::trace::Tracing::new(journal, config.trace_sample, Some((*fabric).clone()));
+    tracing
+        .answer_peers()
+        .await
+        .context("answering trace questions over NATS")?;
+    let state = State::new(
+        &config, node, dispatcher, dyn_store, dyn_fabric, routing, tracing,
+    );
     tracing::info!(%addr, %id, role = role.name(), keyspace = %args.store.keyspace, "herald {} serving", role.name());
     announce(addr, config.tls.is_some());
     // Background tasks stop as soon as shutdown starts: a dispatcher leaves the membership

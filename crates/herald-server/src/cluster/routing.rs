@@ -9,6 +9,7 @@ use super::forwarder::{Forward, Forwarder};
 use super::leases::{Leases, Member, Route};
 use crate::server::error::ApiError;
 use herald_dispatcher::{Dispatcher, ItemResult, PublishError, PublishItem};
+use herald_trace::{Journal, Step};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +24,7 @@ const REROUTE_PAUSE: Duration = Duration::from_millis(50);
 pub struct Routing {
     leases: Arc<Leases>,
     forwarder: Forwarder,
+    journal: Arc<Journal>,
 }
 
 impl Routing {
@@ -30,10 +32,12 @@ impl Routing {
         leases: Arc<Leases>,
         secret: String,
         tls_ca: Option<&std::path::Path>,
+        journal: Arc<Journal>,
     ) -> anyhow::Result<Self> {
         Ok(Self {
             leases,
             forwarder: Forwarder::new(secret, tls_ca)?,
+            journal,
         })
     }
 
@@ -120,6 +124,13 @@ impl Routing {
         items: Vec<(usize, PublishItem)>,
     ) -> Vec<((usize, PublishItem), ItemResult)> {
         let list: Vec<PublishItem> = items.iter().map(|(_, it)| it.clone()).collect();
+        for it in &list {
+            if let Some(ctx) = &it.trace {
+                let note = Some(format!("to {}", owner.id));
+                self.journal
+                    .record(ctx, &it.channel, None, Step::Forwarded, note);
+            }
+        }
         match self.forwarder.forward(publisher, &owner, list).await {
             // The forwarder answers each caller exactly as many results as it sent.
             Ok(results) => items.into_iter().zip(results).collect(),

@@ -16,6 +16,7 @@ mod publish;
 mod router;
 mod sse;
 pub mod tls;
+pub mod trace;
 
 use crate::auth::Auth;
 use crate::cluster::routing::Routing;
@@ -68,6 +69,7 @@ pub struct State {
     pub head_timeout: Duration,
     /// Serve HTTPS (HTTP/2 and HTTP/1.1) when set.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub tracing: trace::Tracing,
 }
 
 impl State {
@@ -79,6 +81,7 @@ impl State {
         store: Arc<dyn Store>,
         fabric: Arc<dyn Fabric>,
         routing: Option<Arc<Routing>>,
+        tracing: trace::Tracing,
     ) -> Arc<Self> {
         Arc::new(Self {
             node,
@@ -100,6 +103,7 @@ impl State {
             policies: config.dispatcher.policies.clone(),
             head_timeout: config.head_timeout,
             tls: config.tls.clone().map(tokio_rustls::TlsAcceptor::from),
+            tracing,
         })
     }
 

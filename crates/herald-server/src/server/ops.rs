@@ -347,6 +347,14 @@ pub fn metrics(state: &State) -> Response<ResponseBody> {
         "herald_publish_duration_seconds",
         "Publish request latency until durable.",
     );
+    state.tracing.journal.latency.render(&mut out);
+    metric(
+        &mut out,
+        "herald_traces_held",
+        g,
+        "Traced messages this process remembers (HERALD_TRACE_KEEP at most).",
+        state.tracing.journal.len(),
+    );
     let mut resp = Response::new(ResponseBody::full(out));
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,

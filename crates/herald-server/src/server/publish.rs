@@ -3,11 +3,13 @@
 use super::body::ResponseBody;
 use super::error::ApiError;
 use super::exchange::json;
+use super::trace::{Parent, Tracing};
 use super::State;
 use crate::cluster::routing::FORWARDED_FOR;
 use bytes::Bytes;
 use herald_dispatcher::{ItemResult, PublishItem};
 use herald_proto::{PublishBatchRequest, PublishBatchResponse, PublishRequest, PublishResult};
+use herald_trace::TraceContext;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -47,12 +49,16 @@ async fn single_item(
 ) -> Result<Response<ResponseBody>, ApiError> {
     let dispatcher = state.dispatcher()?;
     let (publisher, forwarded) = publisher_of(state, req.headers())?;
+    let request_trace = Tracing::from_header(req.headers())?;
     let limit = dispatcher.policies().largest_payload() + ENVELOPE_ALLOWANCE;
     let body = read_body(req, limit).await?;
     let parsed: PublishRequest = parse(&body)?;
+    let item = item(state, request_trace, forwarded, parsed)?;
+    let traces = [item.trace];
     let started = Instant::now();
-    let mut results = publish(state, dispatcher, &publisher, forwarded, vec![item(parsed)]).await?;
+    let mut results = publish(state, dispatcher, &publisher, forwarded, vec![item]).await?;
     state.publish_latency.observe(started.elapsed());
+    traced(state, &traces, &mut results);
     match results.pop() {
         Some(Ok(result)) => json(&result),
         Some(Err(e)) => Err(e.into()),
@@ -66,6 +72,7 @@ async fn batch_items(
 ) -> Result<Response<ResponseBody>, ApiError> {
     let dispatcher = state.dispatcher()?;
     let (publisher, forwarded) = publisher_of(state, req.headers())?;
+    let request_trace = Tracing::from_header(req.headers())?;
     let limit = state
         .max_batch
         .saturating_mul(dispatcher.policies().largest_payload() + ENVELOPE_ALLOWANCE)
@@ -82,11 +89,17 @@ async fn batch_items(
             format!("at most {} messages per batch", state.max_batch),
         ));
     }
-    let items: Vec<PublishItem> = parsed.messages.into_iter().map(item).collect();
+    let items: Vec<PublishItem> = parsed
+        .messages
+        .into_iter()
+        .map(|m| item(state, request_trace, forwarded, m))
+        .collect::<Result<_, _>>()?;
     let channels: Vec<String> = items.iter().map(|i| i.channel.clone()).collect();
+    let traces: Vec<Option<TraceContext>> = items.iter().map(|i| i.trace).collect();
     let started = Instant::now();
-    let outcomes = publish(state, dispatcher, &publisher, forwarded, items).await?;
+    let mut outcomes = publish(state, dispatcher, &publisher, forwarded, items).await?;
     state.publish_latency.observe(started.elapsed());
+    traced(state, &traces, &mut outcomes);
     Ok(batch_response(channels, outcomes))
 }
 
@@ -173,18 +186,52 @@ async fn publish(
     }
 }
 
-fn item(r: PublishRequest) -> PublishItem {
+/// One item of a request, traced when it asks, its request asks, or it is sampled; a
+/// forwarded item is traced only when the dispatcher that took it traced it.
+fn item(
+    state: &State,
+    request_trace: Parent,
+    forwarded: bool,
+    r: PublishRequest,
+) -> Result<PublishItem, ApiError> {
+    let trace = if forwarded {
+        match r.traceparent.as_deref() {
+            Some(tp) => state.tracing.context_for(Parent::None, false, Some(tp))?,
+            None => None,
+        }
+    } else {
+        state
+            .tracing
+            .context_for(request_trace, r.trace, r.traceparent.as_deref())?
+    };
+    if let Some(ctx) = &trace {
+        state.tracing.accepted(ctx, &r.channel, forwarded);
+    }
     let data = match &r.data {
         Some(raw) => Bytes::from(herald_proto::one_line_json(raw.get()).into_owned()),
         None => Bytes::new(),
     };
-    PublishItem {
+    Ok(PublishItem {
         channel: r.channel,
         event: r.event,
         data,
         idempotency_key: r.idempotency_key,
         ephemeral: r.ephemeral,
         conflation_key: r.conflation_key,
+        trace,
+    })
+}
+
+/// Traced items' answers name their trace, and the journal learns their positions.
+fn traced(state: &State, traces: &[Option<TraceContext>], outcomes: &mut [ItemResult]) {
+    for (ctx, outcome) in traces.iter().zip(outcomes.iter_mut()) {
+        let (Some(ctx), Ok(result)) = (ctx, outcome) else {
+            continue;
+        };
+        if let Some(seq) = result.seq {
+            state.tracing.journal.positioned(ctx, &result.channel, seq);
+        }
+        result.trace_id = Some(ctx.trace_id.to_string());
     }
 }
 

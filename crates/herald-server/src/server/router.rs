@@ -3,7 +3,7 @@
 use super::body::ResponseBody;
 use super::error::ApiError;
 use super::exchange::MAX_HEADERS;
-use super::{ack, history, ops, publish, sse, State};
+use super::{ack, history, ops, publish, sse, trace, State};
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use std::sync::Arc;
@@ -43,7 +43,7 @@ async fn route(
     let allowed: &str = match path.as_str() {
         "/v1/sse" => "GET",
         "/v1/publish" | "/v1/publish/batch" | "/v1/ack" => "POST",
-        "/healthz" | "/readyz" | "/metrics" => "GET",
+        "/healthz" | "/readyz" | "/metrics" | "/v1/trace" => "GET",
         p if history::channel_of(p).is_some() || ack::is_acks_path(p) => "GET",
         _ => {
             return Err(ApiError::new(
@@ -72,6 +72,7 @@ async fn route(
             Ok(ops::metrics(state))
         }
         "/v1/ack" => ack::post(state, req).await,
+        "/v1/trace" => trace::handle(state, req).await,
         p if ack::is_acks_path(p) => ack::list(state, req).await,
         _ => history::handle(state, req).await,
     }

@@ -4,6 +4,7 @@ pub mod drain;
 pub mod publish;
 pub mod subscribe;
 pub mod token;
+pub mod trace;
 
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread()

@@ -29,6 +29,9 @@ pub struct Args {
     /// With --ephemeral: a newer message with this key replaces an undelivered older one.
     #[arg(long)]
     pub conflation_key: Option<String>,
+    /// Trace it: every hop through the cluster is recorded (`herald trace`).
+    #[arg(long)]
+    pub trace: bool,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -45,6 +48,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         idempotency_key: args.idempotency_key,
         ephemeral: args.ephemeral,
         conflation_key: args.conflation_key,
+        trace: args.trace,
     };
     let result = client.publish(&msg).await?;
     println!("{}", serde_json::to_string(&result)?);
