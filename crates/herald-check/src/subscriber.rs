@@ -179,13 +179,28 @@ fn cursor_positions(
 }
 
 /// Whether a client whose last `id:` is `last_id` holds every channel's final head. What
-/// it would resume from is that id; a client that never had a position (or a session that
-/// started without a cursor and got nothing since) has nothing to catch up on.
+/// it would resume from is that id; a client that never had a position has nothing to catch
+/// up on.
 fn caught_up(shared: &SubShared, channels: &[usize], last_id: Option<&str>) -> bool {
     let Some(id) = last_id else { return true };
     let heads = shared.heads.get().cloned().unwrap_or_default();
     let positions = cursor_positions(&shared.universe, channels, id);
     lag(&shared.universe, &heads, &positions).is_none()
+}
+
+/// Whether the session open at catch-up is done with: the client holds every head, or the
+/// session was opened without a cursor (`tracked` false) and has had no `id:` since. Such a
+/// session started live at the heads of its opening and is owed only what was published
+/// afterwards: opened after the last publishes, it gets nothing at all, and the id kept from
+/// an earlier session (what `last_id` still is) would never advance while it stays open.
+/// Ending it makes the subscriber resume from that id, as catch-up sessions do.
+fn catch_up_done(
+    shared: &SubShared,
+    channels: &[usize],
+    last_id: Option<&str>,
+    tracked: bool,
+) -> bool {
+    !tracked || caught_up(shared, channels, last_id)
 }
 
 pub async fn run(
@@ -331,6 +346,8 @@ pub async fn run(
             };
         let mut reliable_in_session = 0u64;
         let mut by_server = false;
+        // Whether `last_id` speaks of this session: it presented it, or has had an `id:`.
+        let mut tracked = presented.is_some();
         loop {
             let ph = *phase.borrow();
             if ph == Phase::Stop {
@@ -338,7 +355,7 @@ pub async fn run(
             }
             let catching = ph == Phase::CatchUp;
             if catching {
-                let done = caught_up(&shared, &chan_ids, last_id.as_deref());
+                let done = catch_up_done(&shared, &chan_ids, last_id.as_deref(), tracked);
                 if done {
                     break;
                 }
@@ -364,6 +381,7 @@ pub async fn run(
                     let at = now_ms();
                     for ev in events {
                         if let Some(id) = &ev.id {
+                            tracked = true;
                             last_id = Some(id.clone());
                             if rng.gen_bool(0.2) {
                                 if old_ids.len() == OLD_IDS {
@@ -417,5 +435,50 @@ pub async fn run(
                 format!("{b} (last problem: {last_problem})")
             }
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::ChannelSpec;
+
+    const E: u64 = 1_700_000_000_000;
+
+    fn id_at(seq: u64) -> String {
+        let mut out = Vec::new();
+        herald_proto::encode_cursor_into(
+            &[(
+                herald_proto::channel_hash("live:a"),
+                Position { epoch: E, seq },
+            )],
+            &mut out,
+        );
+        String::from_utf8(out).unwrap()
+    }
+
+    /// The stuck subscribers of CI (and of `--seed 7471399286814624688` here): a session opened
+    /// without a cursor just after the last publishes is live at the heads and gets nothing,
+    /// while the id kept from the session before is behind. Judged by that id alone it was
+    /// kept open through the whole catch-up.
+    #[test]
+    fn a_fresh_session_without_events_does_not_hold_the_catch_up() {
+        let universe = Arc::new(Universe::new(vec![ChannelSpec {
+            name: "live:a".into(),
+            retention_count: 1000,
+        }]));
+        let shared = SubShared::new(universe, false);
+        shared
+            .heads
+            .set(HashMap::from([(0, Position { epoch: E, seq: 575 })]))
+            .unwrap();
+        let stale = id_at(572);
+        // Behind by the old id: a session that presented it (or had ids) waits for the rest.
+        assert!(!caught_up(&shared, &[0], Some(&stale)));
+        assert!(!catch_up_done(&shared, &[0], Some(&stale), true));
+        // A fresh session that has had no id yet ends, so the subscriber resumes from it.
+        assert!(catch_up_done(&shared, &[0], Some(&stale), false));
+        // At the heads: done either way.
+        assert!(catch_up_done(&shared, &[0], Some(&id_at(575)), true));
     }
 }

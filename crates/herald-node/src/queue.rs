@@ -243,9 +243,19 @@ impl ConnQueue {
         if g.closed.is_some() || g.writing || g.pending.is_some() || g.items.is_empty() {
             return;
         }
-        let Some(bytes) = self.take_framed(&mut g) else {
-            if g.closed.is_some() {
-                drop(g);
+        let framed = self.take_framed(&mut g);
+        // Items were taken: a replay waiting in `push_wait` for room may go on, as when the
+        // writer takes them (`poll_chunk`). Nothing else would wake it: the writer then finds
+        // the queue empty and sleeps, and the stream stays open on heartbeats with its replay
+        // stalled (the stall check sees nothing waiting).
+        let room = g.writer.take();
+        let Some(bytes) = framed else {
+            let closed = g.closed.is_some();
+            drop(g);
+            if let Some(w) = room {
+                w.wake();
+            }
+            if closed {
                 self.wake_all();
             }
             return;
@@ -264,6 +274,9 @@ impl ConnQueue {
         let w = if needs_writer { g.reader.take() } else { None };
         drop(g);
         if let Some(w) = w {
+            w.wake();
+        }
+        if let Some(w) = room {
             w.wake();
         }
     }
@@ -537,6 +550,52 @@ mod tests {
         assert_eq!(events.len(), 2);
         assert!(events[1].data.contains("\"seq\":3"));
         assert!(matches!(q.poll_chunk(&mut cx), Poll::Pending));
+    }
+
+    /// A replay waiting in `push_wait` for room is woken by whatever takes the queued
+    /// items: also by the fan-out's direct write, not only by the connection's writer.
+    #[tokio::test]
+    async fn a_flush_that_drains_the_queue_wakes_a_waiting_replay() {
+        use std::future::Future;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let q = ConnQueue::new(
+            2,
+            Transport::Socket(server),
+            Positions::new(vec![herald_proto::channel_hash("live:1")]),
+            Arc::default(),
+        );
+        // An idle connection: the fan-out queues a live message, to write after its batch.
+        assert_eq!(
+            q.push_deferred(Item::Reliable(msg(1, None), 0)),
+            (Pushed::Queued, true)
+        );
+        // Meanwhile its replay fills the queue and waits for room.
+        assert!(q.push_wait(Item::Reliable(msg(2, None), 0)).await);
+        let woken = Arc::new(Woken::default());
+        let waker = futures_util::task::waker(woken.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut waiting = std::pin::pin!(q.push_wait(Item::Reliable(msg(3, None), 0)));
+        assert!(waiting.as_mut().poll(&mut cx).is_pending());
+        // The fan-out's flush writes everything queued straight to the socket ...
+        q.flush();
+        assert_eq!(q.len(), 0);
+        // ... so the replay has room, and must be told.
+        assert!(woken.0.load(Relaxed), "the waiting replay was never woken");
+        assert!(matches!(waiting.as_mut().poll(&mut cx), Poll::Ready(true)));
+        drop(client);
+    }
+
+    #[derive(Default)]
+    struct Woken(std::sync::atomic::AtomicBool);
+
+    impl futures_util::task::ArcWake for Woken {
+        fn wake_by_ref(arc_self: &Arc<Self>) {
+            arc_self.0.store(true, Relaxed);
+        }
     }
 
     #[test]
