@@ -1,6 +1,7 @@
-//! Questions to every process of a cluster over NATS ("what do you know of this traced
-//! message?"): each process answers from what it holds, and the asker gathers the answers
-//! that arrive within a window. Subjects are `{prefix}.ask.{topic}`, apart from channels'.
+//! Talk between the processes of a cluster over NATS, beside the messages: questions to
+//! every process ("what do you know of this traced message?"), answered from what each
+//! holds and gathered within a window; and news told to every process (presence counts).
+//! Subjects are `{prefix}.ask.{topic}` and `{prefix}.tell.{topic}`, apart from channels'.
 
 use crate::nats::NatsFabric;
 use crate::FabricError;
@@ -79,5 +80,73 @@ impl NatsFabric {
         }
         let _ = answers.unsubscribe().await;
         Ok(out)
+    }
+}
+
+/// News told to every process listening on a topic (see [`NatsFabric::teller`]).
+#[derive(Clone)]
+pub struct Teller(tokio::sync::mpsc::Sender<Bytes>);
+
+impl Teller {
+    /// Queues `news`; when a few are already waiting it is dropped (the next says it again).
+    pub fn tell(&self, news: Bytes) -> bool {
+        self.0.try_send(news).is_ok()
+    }
+}
+
+/// News waiting to be sent, per teller.
+const TELL_QUEUE: usize = 8;
+
+impl NatsFabric {
+    /// A sender of news on `topic`; its task ends with the fabric.
+    pub fn teller(&self, topic: &str) -> Teller {
+        let inner = self.inner();
+        let subject = format!("{}.tell.{topic}", inner.prefix);
+        let client = inner.client.clone();
+        let mut stop = inner.stop.subscribe();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(TELL_QUEUE);
+        inner.own(tokio::spawn(async move {
+            loop {
+                let news = tokio::select! {
+                    _ = stop.changed() => return,
+                    n = rx.recv() => match n {
+                        Some(n) => n,
+                        None => return,
+                    },
+                };
+                if let Err(e) = client.publish(subject.clone(), news).await {
+                    tracing::debug!(error = %e, "telling the cluster failed");
+                }
+            }
+        }));
+        Teller(tx)
+    }
+
+    /// Hands every piece of news told on `topic` (by any process, this one included) to
+    /// `hear`, until the fabric shuts down.
+    pub async fn listen(
+        &self,
+        topic: &str,
+        hear: Arc<dyn Fn(Bytes) + Send + Sync>,
+    ) -> Result<(), FabricError> {
+        let inner = self.inner();
+        let mut sub = inner
+            .client
+            .subscribe(format!("{}.tell.{topic}", inner.prefix))
+            .await
+            .map_err(|e| FabricError::Unavailable(e.to_string()))?;
+        let mut stop = inner.stop.subscribe();
+        inner.own(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    m = sub.next() => match m {
+                        Some(m) => hear(m.payload),
+                        None => return,
+                    },
+                }
+            }
+        }));
+        Ok(())
     }
 }

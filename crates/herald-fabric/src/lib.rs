@@ -14,7 +14,7 @@ mod codec;
 #[cfg(feature = "nats")]
 mod nats;
 #[cfg(feature = "nats")]
-pub use ask::Answer;
+pub use ask::{Answer, Teller};
 #[cfg(feature = "nats")]
 pub use nats::{NatsAuth, NatsFabric, NatsOptions, NatsStats};
 

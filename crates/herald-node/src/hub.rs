@@ -378,6 +378,30 @@ impl Hub {
         }
     }
 
+    /// Subscribers per channel this node holds (channels without any are left out), with
+    /// their users when there are at most `list_users` of them.
+    pub fn census(&self, list_users: usize) -> Vec<(Arc<str>, crate::presence::Count)> {
+        let mut out = Vec::new();
+        for slot in self.slots() {
+            let g = slot.inner.lock();
+            if g.subs.is_empty() {
+                continue;
+            }
+            let users = (g.subs.len() <= list_users).then(|| {
+                let mut u: Vec<Arc<str>> = g.subs.iter().filter_map(|(q, _)| q.user()).collect();
+                u.sort_unstable();
+                u.dedup();
+                u
+            });
+            let count = crate::presence::Count {
+                subscribers: g.subs.len() as u64,
+                users,
+            };
+            out.push((slot.channel.clone(), count));
+        }
+        out
+    }
+
     /// Every channel this node holds.
     pub fn slots(&self) -> Vec<Arc<Slot>> {
         let mut out = Vec::new();

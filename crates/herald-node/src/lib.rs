@@ -11,6 +11,8 @@ mod housekeeping;
 mod hub;
 mod item;
 mod message;
+mod occupancy;
+pub mod presence;
 mod queue;
 mod reads;
 mod registry;
@@ -79,6 +81,44 @@ pub struct NodeConfig {
     pub stream_sndbuf: usize,
     /// Where traced messages record their hops through this node (none: not recorded).
     pub journal: Option<Arc<herald_trace::Journal>>,
+    /// This node's name in presence reports.
+    pub name: String,
+    /// How often the node counts its subscribers and tells the cluster.
+    pub presence_tick: Duration,
+    /// Which namespaces get `herald:occupancy` and join/leave events.
+    pub presence: PresencePolicies,
+}
+
+/// What a namespace's subscribers are told of who else is there.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PresencePolicy {
+    /// A `herald:occupancy` event (the channel's subscriber count) at most this often,
+    /// when the count changed.
+    pub occupancy_every: Option<Duration>,
+    /// `herald:join` / `herald:leave` events (with the user) for channels small enough to
+    /// list their users.
+    pub join_leave: bool,
+}
+
+/// Presence events, per namespace.
+#[derive(Clone, Debug, Default)]
+pub struct PresencePolicies {
+    pub default: PresencePolicy,
+    pub namespaces: std::collections::HashMap<String, PresencePolicy>,
+}
+
+impl PresencePolicies {
+    pub fn for_channel(&self, channel: &str) -> PresencePolicy {
+        self.namespaces
+            .get(herald_proto::namespace_of(channel))
+            .copied()
+            .unwrap_or(self.default)
+    }
+
+    fn any(&self) -> bool {
+        let on = |p: &PresencePolicy| p.occupancy_every.is_some() || p.join_leave;
+        on(&self.default) || self.namespaces.values().any(on)
+    }
 }
 
 /// Slow-consumer policy of ephemeral messages, per namespace.
@@ -115,6 +155,9 @@ impl Default for NodeConfig {
             max_conn_lifetime: None,
             stream_sndbuf: 64 * 1024,
             journal: None,
+            name: "serve".to_owned(),
+            presence_tick: Duration::from_secs(1),
+            presence: PresencePolicies::default(),
         }
     }
 }
@@ -158,6 +201,8 @@ pub struct Node {
     draining: std::sync::atomic::AtomicBool,
     stop: watch::Sender<bool>,
     tasks: parking_lot::Mutex<Vec<JoinHandle<()>>>,
+    presence: Arc<presence::PresenceView>,
+    gossip: std::sync::OnceLock<presence::Gossip>,
 }
 
 impl Node {
@@ -170,6 +215,7 @@ impl Node {
     ) -> Arc<Self> {
         let counters = Arc::new(Counters::default());
         let (stop, stop_rx) = watch::channel(false);
+        let config_tick = config.presence_tick.max(Duration::from_millis(50));
         let node = Arc::new(Self {
             hub: hub::Hub::new(
                 config.ring_cap,
@@ -185,6 +231,8 @@ impl Node {
             draining: std::sync::atomic::AtomicBool::new(false),
             stop,
             tasks: parking_lot::Mutex::new(Vec::new()),
+            presence: Arc::new(presence::PresenceView::new(config_tick)),
+            gossip: std::sync::OnceLock::new(),
         });
         let (resync_tx, resync_rx) = mpsc::channel(RESYNC_QUEUE);
         let (job_tx, job_rx) = mpsc::channel(repair::MAX_REPAIRING);
@@ -199,13 +247,24 @@ impl Node {
         ));
         let g = tokio::spawn(repair::run(node.clone(), job_rx, done_tx, stop_rx.clone()));
         let r = tokio::spawn(resync::run(node.clone(), resync_rx, stop_rx.clone()));
-        let h = tokio::spawn(housekeeping::run(node.clone(), stop_rx));
-        node.tasks.lock().extend([f, g, r, h]);
+        let h = tokio::spawn(housekeeping::run(node.clone(), stop_rx.clone()));
+        let p = tokio::spawn(occupancy::run(node.clone(), stop_rx));
+        node.tasks.lock().extend([f, g, r, h, p]);
         node
     }
 
     pub fn config(&self) -> &NodeConfig {
         &self.config
+    }
+
+    /// Subscriber counts across the cluster, as heard.
+    pub fn presence(&self) -> &Arc<presence::PresenceView> {
+        &self.presence
+    }
+
+    /// Sends this node's presence reports to the other processes (cluster roles); set once.
+    pub fn set_gossip(&self, gossip: presence::Gossip) {
+        let _ = self.gossip.set(gossip);
     }
 
     pub fn stats(&self) -> NodeStats {
@@ -264,6 +323,7 @@ impl Node {
             slots: Vec::with_capacity(channels.len()),
             joins: Vec::with_capacity(channels.len()),
             reserved: true,
+            user: user.map(Arc::from),
         };
         if open >= self.config.max_connections as i64 {
             Counters::bump(&self.counters.rejected_connections);
@@ -353,6 +413,7 @@ pub struct StreamPlan {
     slots: Vec<Arc<hub::Slot>>,
     joins: Vec<replay::Join>,
     reserved: bool,
+    user: Option<Arc<str>>,
 }
 
 impl Drop for StreamPlan {
@@ -381,7 +442,8 @@ impl StreamPlan {
                 positions,
                 node.counters.clone(),
             )
-            .with_expiry(node.config.max_conn_lifetime.map(drain::expiry)),
+            .with_expiry(node.config.max_conn_lifetime.map(drain::expiry))
+            .with_user(self.user.take()),
         );
         let conn_id = node.registry.add(&queue);
         queue.push_unbounded(Item::Raw(node.retry_frame()));

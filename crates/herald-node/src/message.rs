@@ -45,6 +45,11 @@ impl Message {
         )
     }
 
+    /// An ephemeral event made by the node itself (`herald:occupancy`, …).
+    pub fn node_event(channel: Arc<str>, event: &str, data: &[u8], ts_ms: u64) -> Arc<Self> {
+        Self::encode(channel, 0, 0, ts_ms, event, data, None, None)
+    }
+
     pub fn from_stored(channel: Arc<str>, m: &StoredMessage) -> Arc<Self> {
         Self::encode(
             channel, m.epoch, m.seq, m.ts_ms, &m.event, &m.data, None, None,

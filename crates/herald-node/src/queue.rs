@@ -90,6 +90,8 @@ pub struct ConnQueue {
     counters: Arc<Counters>,
     /// When the stream is asked to reconnect (the node's maximum connection lifetime).
     expires: Option<Instant>,
+    /// The subscriber's user (the token's `sub`), for presence.
+    user: Option<Arc<str>>,
 }
 
 impl ConnQueue {
@@ -116,7 +118,18 @@ impl ConnQueue {
             transport,
             counters,
             expires: None,
+            user: None,
         }
+    }
+
+    /// Names the stream's user (for presence).
+    pub(crate) fn with_user(mut self, user: Option<Arc<str>>) -> Self {
+        self.user = user;
+        self
+    }
+
+    pub(crate) fn user(&self) -> Option<Arc<str>> {
+        self.user.clone()
     }
 
     /// Sets when the stream reaches its maximum lifetime.

@@ -35,6 +35,10 @@ pub struct NodeStats {
     pub drain_reconnects: u64,
     /// Streams asked to reconnect at their maximum lifetime.
     pub lifetime_reconnects: u64,
+    /// Presence reports this node sent to the cluster (at most one a tick).
+    pub presence_reports: u64,
+    /// `herald:occupancy`, `herald:join` and `herald:leave` events fanned out.
+    pub presence_events: u64,
     /// Store reads answered by joining an identical read already in flight, or (a resume's
     /// channel meta) by one completed moments ago.
     pub shared_reads: u64,
@@ -69,6 +73,8 @@ pub(crate) struct Counters {
     pub resync_repairs: AtomicU64,
     pub drain_reconnects: AtomicU64,
     pub lifetime_reconnects: AtomicU64,
+    pub presence_reports: AtomicU64,
+    pub presence_events: AtomicU64,
 }
 
 impl Counters {
@@ -101,6 +107,8 @@ impl Counters {
             resync_repairs: self.resync_repairs.load(Relaxed),
             drain_reconnects: self.drain_reconnects.load(Relaxed),
             lifetime_reconnects: self.lifetime_reconnects.load(Relaxed),
+            presence_reports: self.presence_reports.load(Relaxed),
+            presence_events: self.presence_events.load(Relaxed),
             shared_reads: 0,
             store_meta_reads: 0,
             store_range_reads: 0,

@@ -110,6 +110,10 @@ pub struct ServeArgs {
     /// Traced messages each process remembers (the oldest are forgotten); default 10,000.
     #[arg(long, env = "HERALD_TRACE_KEEP")]
     pub trace_keep: Option<usize>,
+    /// Milliseconds between a node's subscriber counts (presence reports, occupancy
+    /// events); default 1000.
+    #[arg(long, env = "HERALD_PRESENCE_TICK_MS")]
+    pub presence_tick_ms: Option<u64>,
     /// Allow anonymous subscribe and publish. Never use in production.
     #[arg(long, env = "HERALD_DEV")]
     pub dev: bool,
@@ -150,6 +154,7 @@ pub struct FileConfig {
     pub tls_key: Option<PathBuf>,
     pub trace_sample: Option<f64>,
     pub trace_keep: Option<usize>,
+    pub presence_tick_ms: Option<u64>,
     /// `[namespaces.<name>]`; `[namespaces.default]` changes the fallback.
     #[serde(default)]
     pub namespaces: HashMap<String, NamespaceEntry>,
@@ -183,6 +188,12 @@ pub struct NamespaceEntry {
     /// `drop_oldest` (default), `drop_newest`, `conflate` or `disconnect`. Reliable
     /// messages always disconnect such a connection; it resumes from its cursor.
     pub slow_consumer: Option<String>,
+    /// Subscribers get a `herald:occupancy` event (the channel's subscriber count across
+    /// the cluster) when it changed, at most this often.
+    pub occupancy_secs: Option<u64>,
+    /// Subscribers of channels with at most 64 subscribers get `herald:join` and
+    /// `herald:leave` events naming the user.
+    pub presence_events: Option<bool>,
 }
 
 /// A publisher key and the name namespace rules know it by.
@@ -363,6 +374,10 @@ impl Config {
             node.max_node_channels = v.max(1);
         }
         node.slow_policies = slow_policies(&file.namespaces)?;
+        node.presence = presence_policies(&file.namespaces);
+        if let Some(ms) = args.presence_tick_ms.or(file.presence_tick_ms) {
+            node.presence_tick = Duration::from_millis(ms.max(50));
+        }
         let mut dispatcher = herald_dispatcher::DispatcherConfig {
             policies: policies(&file.namespaces)?,
             ..Default::default()
@@ -552,6 +567,27 @@ fn slow_policies(
         }
     }
     Ok(out)
+}
+
+/// Which namespaces get occupancy and join/leave events.
+fn presence_policies(entries: &HashMap<String, NamespaceEntry>) -> herald_node::PresencePolicies {
+    // Namespaces inherit what they leave unset from `[namespaces.default]`.
+    let policy =
+        |e: &NamespaceEntry, base: herald_node::PresencePolicy| herald_node::PresencePolicy {
+            occupancy_every: e
+                .occupancy_secs
+                .map(Duration::from_secs)
+                .or(base.occupancy_every),
+            join_leave: e.presence_events.unwrap_or(base.join_leave),
+        };
+    let mut out = herald_node::PresencePolicies::default();
+    if let Some(d) = entries.get("default") {
+        out.default = policy(d, out.default);
+    }
+    for (name, e) in entries.iter().filter(|(n, _)| n.as_str() != "default") {
+        out.namespaces.insert(name.clone(), policy(e, out.default));
+    }
+    out
 }
 
 /// The namespaces' settings. `[namespaces.default]` comes first, so every other namespace

@@ -45,15 +45,17 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
     let listener = listen(config.listen).with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
     let tracing = server::trace::Tracing::new(journal, config.trace_sample, None);
-    let state = State::new(
-        &config,
-        Some(node),
-        Some(dispatcher),
+    let presence = Some(node.presence().clone());
+    let parts = server::Parts {
+        node: Some(node),
+        dispatcher: Some(dispatcher),
         store,
         fabric,
-        None,
+        routing: None,
         tracing,
-    );
+        presence,
+    };
+    let state = State::new(&config, parts);
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "herald serving");
     announce(addr, config.tls.is_some());
     server::serve(

@@ -15,6 +15,7 @@ use connecting_store::ConnectingStore;
 use herald_dispatcher::Dispatcher;
 use herald_dispatcher::Ownership;
 use herald_fabric::{Fabric, NatsAuth, NatsFabric, NatsOptions};
+use herald_node::presence::{PresenceView, Report};
 use herald_node::Node;
 use herald_store::{CqlCredentials, ScyllaOptions, ScyllaStore, Store};
 use leases::Leases;
@@ -240,6 +241,7 @@ async fn serve_role(role: Role, args: RoleArgs, mut config: Config) -> anyhow::R
         )
     });
     let journal = config.attach_journal(&id, role.name());
+    config.node.name = id.clone();
     let (stop_tx, stop_rx) = watch::channel(false);
     let (store, connect_task) = ConnectingStore::start(args.store.options(), stop_rx.clone());
     let mut nats = NatsOptions::new(args.nats.clone());
@@ -296,9 +298,19 @@ async fn serve_role(role: Role, args: RoleArgs, mut config: Config) -> anyhow::R
         .answer_peers()
         .await
         .context("answering trace questions over NATS")?;
-    let state = State::new(
-        &config, node, dispatcher, dyn_store, dyn_fabric, routing, tracing,
-    );
+    let presence = listen_presence(&fabric, node.as_ref(), config.node.presence_tick)
+        .await
+        .context("hearing presence reports over NATS")?;
+    let parts = server::Parts {
+        node,
+        dispatcher,
+        store: dyn_store,
+        fabric: dyn_fabric,
+        routing,
+        tracing,
+        presence: Some(presence),
+    };
+    let state = State::new(&config, parts);
     tracing::info!(%addr, %id, role = role.name(), keyspace = %args.store.keyspace, "herald {} serving", role.name());
     announce(addr, config.tls.is_some());
     // Background tasks stop as soon as shutdown starts: a dispatcher leaves the membership
@@ -322,4 +334,40 @@ async fn serve_role(role: Role, args: RoleArgs, mut config: Config) -> anyhow::R
     }
     fabric.shutdown().await;
     Ok(())
+}
+
+/// The NATS topic of presence reports.
+const PRESENCE: &str = "presence";
+
+/// Wires presence over NATS: a node tells its reports to every process; every process
+/// (dispatchers too, for `GET /v1/channels/{ch}/presence`) hears them into its view.
+async fn listen_presence(
+    fabric: &NatsFabric,
+    node: Option<&Arc<Node>>,
+    tick: Duration,
+) -> anyhow::Result<Arc<PresenceView>> {
+    let view = match node {
+        Some(n) => {
+            let teller = fabric.teller(PRESENCE);
+            n.set_gossip(Arc::new(move |report: &Report| {
+                if let Ok(bytes) = serde_json::to_vec(report) {
+                    teller.tell(bytes.into());
+                }
+            }));
+            n.presence().clone()
+        }
+        None => Arc::new(PresenceView::new(tick)),
+    };
+    let hear = view.clone();
+    fabric
+        .listen(
+            PRESENCE,
+            Arc::new(move |bytes: bytes::Bytes| {
+                if let Ok(report) = serde_json::from_slice::<Report>(&bytes) {
+                    hear.heard(report);
+                }
+            }),
+        )
+        .await?;
+    Ok(view)
 }

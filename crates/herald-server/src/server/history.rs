@@ -36,6 +36,28 @@ pub fn decode_channel(raw: &str) -> Result<String, ApiError> {
     Ok(channel)
 }
 
+/// Who may read about a channel: a publisher key allowed its namespace, or a subscriber
+/// token allowing the channel.
+pub fn may_read(
+    state: &State,
+    headers: &http::HeaderMap,
+    token: Option<&str>,
+    channel: &str,
+) -> Result<(), ApiError> {
+    if let Some(publisher) = state.auth.publisher_name(headers) {
+        return state.publisher_may_read(publisher, channel);
+    }
+    let sub = state.auth.subscriber(headers, token)?;
+    if !sub.may_read(channel) {
+        return Err(ApiError::new(
+            403,
+            "channel_forbidden",
+            format!("the token does not allow channel '{channel}'"),
+        ));
+    }
+    Ok(())
+}
+
 pub async fn handle(
     state: &Arc<State>,
     req: Request<Incoming>,
@@ -58,18 +80,7 @@ pub async fn handle(
             _ => {}
         }
     }
-    if let Some(publisher) = state.auth.publisher_name(req.headers()) {
-        state.publisher_may_read(publisher, &channel)?;
-    } else {
-        let sub = state.auth.subscriber(req.headers(), token.as_deref())?;
-        if !sub.may_read(&channel) {
-            return Err(ApiError::new(
-                403,
-                "channel_forbidden",
-                format!("the token does not allow channel '{channel}'"),
-            ));
-        }
-    }
+    may_read(state, req.headers(), token.as_deref(), &channel)?;
     let store = &state.store;
     let unavailable =
         |e: herald_store::StoreError| ApiError::new(503, "store_unavailable", e.to_string());

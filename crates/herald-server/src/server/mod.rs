@@ -12,6 +12,7 @@ mod idle;
 mod lean;
 pub mod metrics;
 mod ops;
+mod presence;
 mod publish;
 mod router;
 mod sse;
@@ -70,19 +71,33 @@ pub struct State {
     /// Serve HTTPS (HTTP/2 and HTTP/1.1) when set.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub tracing: trace::Tracing,
+    /// Subscriber counts across the cluster (a node's own view; a dispatcher's from NATS).
+    pub presence: Option<Arc<herald_node::presence::PresenceView>>,
+}
+
+/// What a process is made of: the roles it runs and what they share.
+pub struct Parts {
+    pub node: Option<Arc<Node>>,
+    pub dispatcher: Option<Arc<Dispatcher>>,
+    pub store: Arc<dyn Store>,
+    pub fabric: Arc<dyn Fabric>,
+    pub routing: Option<Arc<Routing>>,
+    pub tracing: trace::Tracing,
+    pub presence: Option<Arc<herald_node::presence::PresenceView>>,
 }
 
 impl State {
     /// The shared state of a process serving `config` with the given parts.
-    pub fn new(
-        config: &crate::config::Config,
-        node: Option<Arc<Node>>,
-        dispatcher: Option<Arc<Dispatcher>>,
-        store: Arc<dyn Store>,
-        fabric: Arc<dyn Fabric>,
-        routing: Option<Arc<Routing>>,
-        tracing: trace::Tracing,
-    ) -> Arc<Self> {
+    pub fn new(config: &crate::config::Config, parts: Parts) -> Arc<Self> {
+        let Parts {
+            node,
+            dispatcher,
+            store,
+            fabric,
+            routing,
+            tracing,
+            presence,
+        } = parts;
         Arc::new(Self {
             node,
             dispatcher,
@@ -104,6 +119,7 @@ impl State {
             head_timeout: config.head_timeout,
             tls: config.tls.clone().map(tokio_rustls::TlsAcceptor::from),
             tracing,
+            presence,
         })
     }
 

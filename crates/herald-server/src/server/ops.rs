@@ -292,6 +292,20 @@ pub fn metrics(state: &State) -> Response<ResponseBody> {
     );
     metric(
         &mut out,
+        "herald_presence_reports_total",
+        c,
+        "Presence reports this node sent to the cluster (at most one a tick).",
+        n.presence_reports,
+    );
+    metric(
+        &mut out,
+        "herald_presence_events_total",
+        c,
+        "herald:occupancy, herald:join and herald:leave events fanned out.",
+        n.presence_events,
+    );
+    metric(
+        &mut out,
         "herald_resync_repairs_total",
         c,
         "Channels caught up from the store after the fabric reported a possible loss.",

@@ -317,6 +317,7 @@ impl Proc {
         if let Some(l) = &cluster.locked {
             l.apply(&mut cmd, Some(role));
         }
+        cmd.envs(cluster.env.iter().map(|(k, v)| (k, v)));
         cmd.env("HERALD_API_KEYS", API_KEY)
             .env("HERALD_JWT_SECRET", SECRET)
             .env("HERALD_CLUSTER_SECRET", CLUSTER_SECRET)
@@ -469,6 +470,7 @@ struct ClusterConf {
     membership_ttl: Duration,
     node_drain: Option<Duration>,
     locked: Option<Locked>,
+    env: Vec<(String, String)>,
 }
 
 /// What to start.
@@ -482,6 +484,8 @@ pub struct Spec {
     pub node_drain: Option<Duration>,
     /// Every link authenticated and encrypted, on the Cassandra of `HERALD_CQL_SECURE`.
     pub locked: bool,
+    /// More environment for every dispatcher and node (`HERALD_*` settings).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for Spec {
@@ -493,6 +497,7 @@ impl Default for Spec {
             nats_down_at_start: false,
             node_drain: None,
             locked: false,
+            env: Vec::new(),
         }
     }
 }
@@ -560,6 +565,7 @@ impl Cluster {
             membership_ttl: spec.membership_ttl,
             node_drain: spec.node_drain,
             locked: locked.clone(),
+            env: spec.env.clone(),
         };
         let mut cluster = Cluster {
             test: test.to_owned(),
