@@ -402,6 +402,22 @@ impl Hub {
         out
     }
 
+    /// Subscribers and last seq of every channel with subscribers here.
+    pub fn census_heads(&self) -> Vec<(String, u64, u64)> {
+        let mut out = Vec::new();
+        for slot in self.slots() {
+            let g = slot.inner.lock();
+            if !g.subs.is_empty() {
+                out.push((
+                    slot.channel.to_string(),
+                    g.subs.len() as u64,
+                    g.head.unwrap_or(0),
+                ));
+            }
+        }
+        out
+    }
+
     /// Every channel this node holds.
     pub fn slots(&self) -> Vec<Arc<Slot>> {
         let mut out = Vec::new();

@@ -257,6 +257,15 @@ impl Node {
         &self.config
     }
 
+    /// The channels with the most subscribers on this node: `(channel, subscribers, last
+    /// seq fanned out)`, the most first.
+    pub fn top_channels(&self, n: usize) -> Vec<(String, u64, u64)> {
+        let mut all = self.hub.census_heads();
+        all.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        all.truncate(n);
+        all
+    }
+
     /// Subscriber counts across the cluster, as heard.
     pub fn presence(&self) -> &Arc<presence::PresenceView> {
         &self.presence

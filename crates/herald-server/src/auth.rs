@@ -15,6 +15,8 @@ pub struct Auth {
     secret: Option<Secret>,
     /// SHA-256 of `HERALD_METRICS_TOKEN`, if set.
     metrics_token: Option<[u8; 32]>,
+    /// SHA-256 of `HERALD_ADMIN_KEY`, if set: the dashboard's key.
+    admin_key: Option<[u8; 32]>,
     dev: bool,
 }
 
@@ -54,8 +56,41 @@ impl Auth {
             digests,
             secret,
             metrics_token: metrics_token.map(|t| digest(&t.0)),
+            admin_key: None,
             dev,
         }
+    }
+
+    /// The dashboard's key (`HERALD_ADMIN_KEY`); without one the dashboard's data is off.
+    pub fn with_admin_key(mut self, key: Option<&Secret>) -> Self {
+        self.admin_key = key.map(|k| digest(&k.0));
+        self
+    }
+
+    /// Who may see the dashboard's data: the bearer of `HERALD_ADMIN_KEY` (anyone under
+    /// `--dev`). Publisher keys may not: the dashboard shows every namespace.
+    pub fn admin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        if self.dev {
+            return Ok(());
+        }
+        let Some(key) = &self.admin_key else {
+            return Err(ApiError::new(
+                403,
+                "admin_disabled",
+                "the dashboard is off: set HERALD_ADMIN_KEY",
+            ));
+        };
+        let Some(presented) = bearer(headers) else {
+            return Err(ApiError::new(
+                401,
+                "missing_api_key",
+                "send HERALD_ADMIN_KEY as `Authorization: Bearer <key>`",
+            ));
+        };
+        if bool::from(key.ct_eq(&digest(presented.as_bytes()))) {
+            return Ok(());
+        }
+        Err(ApiError::new(401, "invalid_api_key", "not the admin key"))
     }
 
     /// Who may read `/metrics`: the bearer of `HERALD_METRICS_TOKEN` or of a publisher key

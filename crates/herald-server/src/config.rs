@@ -31,6 +31,10 @@ pub struct ServeArgs {
     /// Bearer token that may read /metrics (publisher API keys may too; at least 16 bytes).
     #[arg(long, env = "HERALD_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
+    /// Key of the operator's dashboard (`/admin`; at least 16 bytes); without it the
+    /// dashboard shows nothing.
+    #[arg(long, env = "HERALD_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
     /// Origins allowed by CORS, comma-separated (`*` for any).
     #[arg(long, env = "HERALD_CORS_ORIGINS")]
     pub cors_origins: Option<String>,
@@ -127,6 +131,7 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     pub jwt_secret: Option<String>,
     pub metrics_token: Option<String>,
+    pub admin_key: Option<String>,
     #[serde(default)]
     pub api_keys: Vec<ApiKeyEntry>,
     #[serde(default)]
@@ -218,6 +223,8 @@ pub struct Config {
     pub jwt_secret: Option<Secret>,
     /// Who may read /metrics besides publisher keys.
     pub metrics_token: Option<Secret>,
+    /// The dashboard's key.
+    pub admin_key: Option<Secret>,
     pub cors_origins: Vec<String>,
     pub dev: bool,
     pub node: herald_node::NodeConfig,
@@ -327,6 +334,14 @@ impl Config {
         {
             bail!("HERALD_METRICS_TOKEN must be at least {MIN_SECRET_LEN} bytes");
         }
+        let admin_key = args
+            .admin_key
+            .clone()
+            .or(file.admin_key.clone())
+            .filter(|s| !s.is_empty());
+        if admin_key.as_ref().is_some_and(|t| t.len() < MIN_SECRET_LEN) {
+            bail!("HERALD_ADMIN_KEY must be at least {MIN_SECRET_LEN} bytes");
+        }
         if !args.dev {
             if needs.api_keys && api_keys.is_empty() {
                 bail!("no publisher API keys: set HERALD_API_KEYS (or api_keys in --config), or run with --dev for anonymous local use");
@@ -422,6 +437,7 @@ impl Config {
             api_keys,
             jwt_secret: jwt_secret.map(|s| Secret(s.into_bytes())),
             metrics_token: metrics_token.map(|s| Secret(s.into_bytes())),
+            admin_key: admin_key.map(|s| Secret(s.into_bytes())),
             cors_origins,
             dev: args.dev,
             node,

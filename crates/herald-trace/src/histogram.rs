@@ -32,6 +32,25 @@ impl Histogram {
         self.sum_micros.fetch_add(d.as_micros() as u64 * n, Relaxed);
     }
 
+    /// The upper bound (seconds) of the bucket holding the `q` quantile; `None` before any
+    /// observation, infinity past the last bucket.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let counts: Vec<u64> = self.counts.iter().map(|c| c.load(Relaxed)).collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = (q.clamp(0.0, 1.0) * total as f64).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Some(BUCKETS.get(i).copied().unwrap_or(f64::INFINITY));
+            }
+        }
+        Some(f64::INFINITY)
+    }
+
     pub fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} histogram");
@@ -97,5 +116,8 @@ mod tests {
         assert!(s.contains("x_bucket{le=\"0.005\"} 2"));
         assert!(s.contains("x_bucket{le=\"+Inf\"} 3"));
         assert!(s.contains("x_count 3"));
+        assert_eq!(h.quantile(0.5), Some(0.005));
+        assert_eq!(h.quantile(0.99), Some(f64::INFINITY));
+        assert_eq!(Histogram::default().quantile(0.5), None);
     }
 }

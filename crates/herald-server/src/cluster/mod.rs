@@ -311,6 +311,14 @@ async fn serve_role(role: Role, args: RoleArgs, mut config: Config) -> anyhow::R
         presence: Some(presence),
     };
     let state = State::new(&config, parts);
+    let figures = std::sync::Arc::downgrade(&state);
+    fabric
+        .answer(
+            server::admin::TOPIC,
+            Arc::new(move |_| figures.upgrade().and_then(|s| server::admin::answer(&s))),
+        )
+        .await
+        .context("answering the dashboard's questions over NATS")?;
     tracing::info!(%addr, %id, role = role.name(), keyspace = %args.store.keyspace, "herald {} serving", role.name());
     announce(addr, config.tls.is_some());
     // Background tasks stop as soon as shutdown starts: a dispatcher leaves the membership

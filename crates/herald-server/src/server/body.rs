@@ -10,6 +10,8 @@ use std::task::{Context, Poll};
 pub enum ResponseBody {
     Full(Option<Bytes>),
     Sse(Box<SseBody>),
+    /// Bytes made as they are read (the dashboard's live figures).
+    Stream(std::pin::Pin<Box<dyn futures_util::Stream<Item = Bytes> + Send>>),
 }
 
 impl ResponseBody {
@@ -33,13 +35,17 @@ impl Body for ResponseBody {
         match self.get_mut() {
             ResponseBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             ResponseBody::Sse(s) => Pin::new(s.as_mut()).poll_frame(cx),
+            ResponseBody::Stream(s) => s
+                .as_mut()
+                .poll_next(cx)
+                .map(|b| b.map(|b| Ok(Frame::data(b)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             ResponseBody::Full(b) => b.is_none(),
-            ResponseBody::Sse(_) => false,
+            ResponseBody::Sse(_) | ResponseBody::Stream(_) => false,
         }
     }
 
@@ -47,7 +53,7 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ResponseBody::Full(None) => SizeHint::with_exact(0),
-            ResponseBody::Sse(_) => SizeHint::default(),
+            ResponseBody::Sse(_) | ResponseBody::Stream(_) => SizeHint::default(),
         }
     }
 }

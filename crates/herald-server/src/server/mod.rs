@@ -2,6 +2,7 @@
 //! (stop accepting, end streams with a jittered `retry:`, finish in-flight publishes, flush).
 
 mod ack;
+pub mod admin;
 pub mod admission;
 pub mod body;
 pub mod cors;
@@ -109,7 +110,8 @@ impl State {
                 config.jwt_secret.clone(),
                 config.metrics_token.as_ref(),
                 config.dev,
-            ),
+            )
+            .with_admin_key(config.admin_key.as_ref()),
             cors: cors::Cors::new(&config.cors_origins),
             publish_latency: Default::default(),
             shutting_down: AtomicBool::new(false),

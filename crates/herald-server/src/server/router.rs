@@ -3,7 +3,7 @@
 use super::body::ResponseBody;
 use super::error::ApiError;
 use super::exchange::MAX_HEADERS;
-use super::{ack, history, ops, presence, publish, sse, trace, State};
+use super::{ack, admin, history, ops, presence, publish, sse, trace, State};
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use std::sync::Arc;
@@ -44,6 +44,7 @@ async fn route(
         "/v1/sse" => "GET",
         "/v1/publish" | "/v1/publish/batch" | "/v1/ack" => "POST",
         "/healthz" | "/readyz" | "/metrics" | "/v1/trace" => "GET",
+        "/admin" | "/admin/" | "/admin/app.js" | "/admin/stream" => "GET",
         p if history::channel_of(p).is_some()
             || ack::is_acks_path(p)
             || presence::channel_of(p).is_some() =>
@@ -78,6 +79,7 @@ async fn route(
         }
         "/v1/ack" => ack::post(state, req).await,
         "/v1/trace" => trace::handle(state, req).await,
+        p if p.starts_with("/admin") => admin::handle(state, req).await,
         p if ack::is_acks_path(p) => ack::list(state, req).await,
         p if presence::channel_of(p).is_some() => presence::handle(state, req).await,
         _ => history::handle(state, req).await,
