@@ -215,6 +215,15 @@ pub async fn trim_by_count<S: Store + ?Sized>(store: &S) -> Result<(), StoreErro
     assert_eq!(seqs, vec![7, 8, 9, 10]);
     let meta = store.channel_meta("conf:trimc").await?.expect("meta");
     assert_eq!((meta.first_seq, meta.last_seq), (7, 10));
+    // A page read with its meta starts at the meta's first seq.
+    let (meta, page) = store.read_page("conf:trimc", 0, 100).await?;
+    let meta = meta.expect("meta");
+    assert_eq!((meta.first_seq, meta.last_seq), (7, 10));
+    assert_eq!(
+        page.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![7, 8, 9, 10]
+    );
+    assert!(store.read_page("conf:none", 0, 10).await?.0.is_none());
     // Appending continues the log; the next trim keeps the newest four.
     append_seqs(store, "conf:trimc", 11..=12, 1_000).await?;
     store.trim("conf:trimc", retention, 2_000).await?;

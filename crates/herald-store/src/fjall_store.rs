@@ -7,7 +7,7 @@ use crate::{
     StoreError, StoredMessage, TrimOutcome,
 };
 use async_trait::async_trait;
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use fjall::{Database, Iter, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -94,16 +94,8 @@ impl Inner {
         let Some(head) = self.heads.get(channel.as_bytes())? else {
             return Ok(None);
         };
-        let [epoch, last_seq] = codec::decode_u64s::<2>("channel head", &head)?;
-        let first_seq = match self.lows.get(channel.as_bytes())? {
-            Some(raw) => codec::decode_u64s::<1>("channel low", &raw)?[0],
-            None => 1,
-        };
-        Ok(Some(ChannelMeta {
-            epoch,
-            last_seq,
-            first_seq: first_seq.min(last_seq + 1),
-        }))
+        let low = self.lows.get(channel.as_bytes())?;
+        meta_of(&head, low.as_deref()).map(Some)
     }
 
     fn read_range(
@@ -115,23 +107,35 @@ impl Inner {
         let Some(from) = after.checked_add(1) else {
             return Ok(Vec::new());
         };
-        let prefix_len = codec::channel_prefix(channel)?.len();
         let start = codec::message_key(channel, from)?;
         let end = codec::message_key(channel, u64::MAX)?;
-        let mut out = Vec::with_capacity(limit.min(1024));
-        for guard in self.messages.range(start..=end).take(limit) {
-            let (key, value) = guard.into_inner()?;
-            let seq = codec::seq_of_key(&key, prefix_len)?;
-            let (epoch, ts_ms, event, data) = codec::decode_message(&value)?;
-            out.push(StoredMessage {
-                seq,
-                epoch,
-                ts_ms,
-                event,
-                data,
-            });
-        }
-        Ok(out)
+        page_of(channel, self.messages.range(start..=end), limit)
+    }
+
+    /// The meta and a page of messages read at one snapshot. A trim deletes rows and moves
+    /// the channel's low in one batch, which a snapshot sees whole or not at all, so the page
+    /// starts at `first_seq` (or after `after`). Separate reads do not: a trim committing
+    /// between them leaves a `first_seq` whose messages are gone (and plain keyspace reads
+    /// even see a batch that is still being applied).
+    fn read_page(
+        &self,
+        channel: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Option<ChannelMeta>, Vec<StoredMessage>), StoreError> {
+        let snap = self.db.snapshot();
+        let Some(head) = snap.get(&self.heads, channel.as_bytes())? else {
+            return Ok((None, Vec::new()));
+        };
+        let low = snap.get(&self.lows, channel.as_bytes())?;
+        let meta = meta_of(&head, low.as_deref())?;
+        let Some(from) = after.checked_add(1) else {
+            return Ok((Some(meta), Vec::new()));
+        };
+        let start = codec::message_key(channel, from)?;
+        let end = codec::message_key(channel, u64::MAX)?;
+        let page = page_of(channel, snap.range(&self.messages, start..=end), limit)?;
+        Ok((Some(meta), page))
     }
 
     fn idempotency(&self, k: &[u8], now_ms: u64) -> Result<Option<IdempotencyRecord>, StoreError> {
@@ -237,6 +241,39 @@ impl Inner {
     }
 }
 
+/// A channel's meta from its head row and its low row (absent: nothing trimmed yet).
+fn meta_of(head: &[u8], low: Option<&[u8]>) -> Result<ChannelMeta, StoreError> {
+    let [epoch, last_seq] = codec::decode_u64s::<2>("channel head", head)?;
+    let first_seq = match low {
+        Some(raw) => codec::decode_u64s::<1>("channel low", raw)?[0],
+        None => 1,
+    };
+    Ok(ChannelMeta {
+        epoch,
+        last_seq,
+        first_seq: first_seq.min(last_seq + 1),
+    })
+}
+
+/// Decodes at most `limit` messages of `channel` from a range over its message keys.
+fn page_of(channel: &str, range: Iter, limit: usize) -> Result<Vec<StoredMessage>, StoreError> {
+    let prefix_len = codec::channel_prefix(channel)?.len();
+    let mut out = Vec::with_capacity(limit.min(1024));
+    for guard in range.take(limit) {
+        let (key, value) = guard.into_inner()?;
+        let seq = codec::seq_of_key(&key, prefix_len)?;
+        let (epoch, ts_ms, event, data) = codec::decode_message(&value)?;
+        out.push(StoredMessage {
+            seq,
+            epoch,
+            ts_ms,
+            event,
+            data,
+        });
+    }
+    Ok(out)
+}
+
 impl BlockingStore for Inner {
     fn channel_meta(&self, channel: &str) -> Result<Option<ChannelMeta>, StoreError> {
         self.meta(channel)
@@ -275,6 +312,17 @@ impl Store for FjallStore {
     ) -> Result<Vec<StoredMessage>, StoreError> {
         let channel = channel.to_owned();
         self.blocking(move |s| s.read_range(&channel, after, limit))
+            .await
+    }
+
+    async fn read_page(
+        &self,
+        channel: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Option<ChannelMeta>, Vec<StoredMessage>), StoreError> {
+        let channel = channel.to_owned();
+        self.blocking(move |s| s.read_page(&channel, after, limit))
             .await
     }
 

@@ -70,6 +70,36 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<StoredMessage>, StoreError>;
 
+    /// A channel's meta with one page of its messages (`seq > after`, at most `limit`), the
+    /// page starting at `first_seq` when `after` is below it. Calling [`Store::channel_meta`]
+    /// then [`Store::read_range`] does not promise that: a retention trim between the two
+    /// leaves a `first_seq` whose first messages are already gone. This default reads the
+    /// meta again after the page and keeps the later first seq (a trim moves it forward and
+    /// drops the rows below it, never the reverse), which is enough where a trim becomes
+    /// visible all at once; backends that can read at one snapshot override it.
+    async fn read_page(
+        &self,
+        channel: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Option<ChannelMeta>, Vec<StoredMessage>), StoreError> {
+        let Some(mut meta) = self.channel_meta(channel).await? else {
+            return Ok((None, Vec::new()));
+        };
+        let mut page = self.read_range(channel, after, limit).await?;
+        if let Some(later) = self.channel_meta(channel).await? {
+            if later.epoch == meta.epoch && later.first_seq > meta.first_seq {
+                if later.first_seq > meta.last_seq + 1 {
+                    meta = later;
+                } else {
+                    meta.first_seq = later.first_seq;
+                }
+                page.retain(|m| m.seq >= meta.first_seq);
+            }
+        }
+        Ok((Some(meta), page))
+    }
+
     /// Says that these entries (those with an idempotency key count) were stored and
     /// acknowledged, so their records stand on their own, however long their messages live.
     async fn idempotency_landed(&self, entries: &[AppendEntry]) -> Result<(), StoreError>;

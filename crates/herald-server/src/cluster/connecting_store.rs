@@ -103,6 +103,15 @@ impl Store for ConnectingStore {
         self.get()?.read_range(channel, after, limit).await
     }
 
+    async fn read_page(
+        &self,
+        channel: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Option<ChannelMeta>, Vec<StoredMessage>), StoreError> {
+        self.get()?.read_page(channel, after, limit).await
+    }
+
     async fn idempotency_get(
         &self,
         channel: &str,

@@ -84,7 +84,12 @@ pub async fn handle(
     let store = &state.store;
     let unavailable =
         |e: herald_store::StoreError| ApiError::new(503, "store_unavailable", e.to_string());
-    let meta = store.channel_meta(&channel).await.map_err(unavailable)?;
+    // Meta and page in one read: read apart, a retention trim between them would report a
+    // first_seq whose messages are already gone (a gap at the start of the history).
+    let (meta, page) = store
+        .read_page(&channel, after, limit + 1)
+        .await
+        .map_err(unavailable)?;
     let Some(meta) = meta else {
         return json(&HistoryResponse {
             channel,
@@ -96,10 +101,6 @@ pub async fn handle(
             has_more: false,
         });
     };
-    let page = store
-        .read_range(&channel, after, limit + 1)
-        .await
-        .map_err(unavailable)?;
     let has_more = page.len() > limit;
     let mut messages = Vec::with_capacity(page.len().min(limit));
     for m in page.into_iter().take(limit) {
