@@ -402,6 +402,32 @@ impl Hub {
         out
     }
 
+    /// One channel's subscribers here, with their users when at most `list_users`.
+    pub fn occupancy(&self, channel: &str, list_users: usize) -> crate::presence::Occupancy {
+        let Some(slot) = self.get(channel) else {
+            return crate::presence::Occupancy {
+                users: Some(Vec::new()),
+                ..Default::default()
+            };
+        };
+        let g = slot.inner.lock();
+        let users = (g.subs.len() <= list_users).then(|| {
+            let mut u: Vec<String> = g
+                .subs
+                .iter()
+                .filter_map(|(q, _)| q.user().map(|s| s.to_string()))
+                .collect();
+            u.sort_unstable();
+            u.dedup();
+            u
+        });
+        crate::presence::Occupancy {
+            count: g.subs.len() as u64,
+            users,
+            nodes: usize::from(!g.subs.is_empty()),
+        }
+    }
+
     /// Subscribers and last seq of every channel with subscribers here.
     pub fn census_heads(&self) -> Vec<(String, u64, u64)> {
         let mut out = Vec::new();

@@ -115,7 +115,8 @@ impl PresencePolicies {
             .unwrap_or(self.default)
     }
 
-    fn any(&self) -> bool {
+    /// Whether any namespace gets presence events.
+    pub fn any(&self) -> bool {
         let on = |p: &PresencePolicy| p.occupancy_every.is_some() || p.join_leave;
         on(&self.default) || self.namespaces.values().any(on)
     }
@@ -264,6 +265,11 @@ impl Node {
         all.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         all.truncate(n);
         all
+    }
+
+    /// A channel's subscribers on this node alone (a single server's presence).
+    pub fn local_occupancy(&self, channel: &str) -> presence::Occupancy {
+        self.hub.occupancy(channel, presence::USERS_LISTED)
     }
 
     /// Subscriber counts across the cluster, as heard.

@@ -35,6 +35,11 @@ pub(crate) async fn run(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => return,
             _ = tick.tick() => {}
         }
+        // Alone (`herald serve`) and without presence events nobody needs the counts each
+        // tick: the presence endpoint reads this node's slots when asked.
+        if node.gossip.get().is_none() && !events {
+            continue;
+        }
         let census = node.hub.census(USERS_LISTED);
         let local: Vec<Arc<str>> = if events {
             census.iter().map(|(c, _)| c.clone()).collect()

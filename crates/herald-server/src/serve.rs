@@ -45,7 +45,9 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
     let listener = listen(config.listen).with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
     let tracing = server::trace::Tracing::new(journal, config.trace_sample, None);
-    let presence = Some(node.presence().clone());
+    // With presence events on, the node's own reports feed its view; else the endpoint
+    // reads the node's slots when asked.
+    let presence = config.node.presence.any().then(|| node.presence().clone());
     let parts = server::Parts {
         node: Some(node),
         dispatcher: Some(dispatcher),

@@ -34,15 +34,16 @@ pub async fn handle(
         .find(|(k, _)| k == "token")
         .map(|(_, v)| v);
     may_read(state, req.headers(), token.as_deref(), &channel)?;
-    let view = state.presence.as_ref().ok_or_else(|| {
-        ApiError::new(
-            503,
-            "presence_unavailable",
-            "this process hears no presence reports",
-        )
-    })?;
-    json(&Answer {
-        occupancy: view.of(&channel),
-        channel,
-    })
+    let occupancy = match (&state.presence, &state.node) {
+        (Some(view), _) => view.of(&channel),
+        (None, Some(node)) => node.local_occupancy(&channel),
+        (None, None) => {
+            return Err(ApiError::new(
+                503,
+                "presence_unavailable",
+                "this process hears no presence reports",
+            ))
+        }
+    };
+    json(&Answer { occupancy, channel })
 }

@@ -99,3 +99,33 @@ async fn presence_counts_and_names_subscribers_and_tells_them() -> anyhow::Resul
     ensure!(server.metric("herald_presence_events_total").await? >= 4.0);
     Ok(())
 }
+
+/// Without presence events a single server keeps no tick of counts: the endpoint reads the
+/// node's own streams, at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_server_answers_presence_from_its_streams() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(dir.path(), &Opts::default())?;
+    let p = presence(&server, "live:alone").await?;
+    assert_eq!(
+        (p["count"].as_u64(), p["nodes"].as_u64()),
+        (Some(0), Some(0)),
+        "{p}"
+    );
+    let _s = Client::new(&server.base)
+        .with_token(token("dana", &["live:*"]))
+        .subscribe(&["live:alone"], None)
+        .await?;
+    // The stream is attached by the time its first event can arrive; poll briefly.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let p = presence(&server, "live:alone").await?;
+        if p["count"] == 1 {
+            assert_eq!(p["users"], serde_json::json!(["dana"]), "{p}");
+            break;
+        }
+        ensure!(Instant::now() < deadline, "never counted: {p}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
