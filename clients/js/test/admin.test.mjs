@@ -14,7 +14,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
-import { CHROMIUM, CHROMIUM_ARGS, request, withTimeout } from './support.mjs';
+import {
+  CHROMIUM, CHROMIUM_ARGS, hermeticEnv, request, startServe, withTimeout,
+} from './support.mjs';
 
 const PKG_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const HERALD_BIN = path.resolve(PKG_DIR, process.env.HERALD_BIN || '../../target/debug/herald');
@@ -31,40 +33,15 @@ after(async () => {
   if (res.tmp) await rm(res.tmp, { recursive: true, force: true });
 });
 
-function heraldEnv(extra) {
-  const env = {};
-  for (const [k, v] of Object.entries(process.env)) {
-    if (!k.startsWith('HERALD_')) env[k] = v;
-  }
-  return Object.assign(env, { NO_COLOR: '1' }, extra);
-}
-
 function startHerald(dataDir) {
-  const env = heraldEnv({
+  const { child, ready } = startServe(HERALD_BIN, dataDir, {
     HERALD_API_KEYS: API_KEY,
     HERALD_JWT_SECRET: JWT_SECRET,
     HERALD_ADMIN_KEY: ADMIN_KEY,
     HERALD_LOG: 'warn',
   });
-  const child = spawn(HERALD_BIN, ['serve', '--listen', '127.0.0.1:0', '--data-dir', dataDir], {
-    env,
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
   res.herald = child;
-  let log = '';
-  child.stderr.setEncoding('utf8');
-  child.stderr.on('data', (c) => (log += c));
-  const ready = new Promise((resolve, reject) => {
-    let out = '';
-    child.stdout.setEncoding('utf8');
-    child.stdout.on('data', (chunk) => {
-      out += chunk;
-      const m = out.match(/herald listening on (http:\/\/127\.0\.0\.1:\d+)/);
-      if (m) resolve(m[1]);
-    });
-    child.once('exit', (code) => reject(new Error(`herald exited (${code}) before listening:\n${log}`)));
-  });
-  return withTimeout(ready, 20_000, 'herald to print its listen line');
+  return ready;
 }
 
 /** `herald bench`: 400 streams over 8 channels, 40 publishes a second, for `secs`. */
@@ -74,7 +51,7 @@ function startBench(base, secs) {
     HERALD_BIN,
     ['bench', '--addr', addr, '--connections', '400', '--channels', '8', '--rate', '40',
       '--duration', String(secs)],
-    { env: heraldEnv({ HERALD_API_KEY: API_KEY, HERALD_JWT_SECRET: JWT_SECRET }), stdio: 'ignore' },
+    { env: hermeticEnv({ HERALD_API_KEY: API_KEY, HERALD_JWT_SECRET: JWT_SECRET }), stdio: 'ignore' },
   );
   res.bench = child;
   return child;

@@ -8,14 +8,15 @@
 
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import https from 'node:https';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
-import { CHROMIUM, CHROMIUM_ARGS, request, selfSignedCert, signToken, withTimeout } from './support.mjs';
+import {
+  CHROMIUM, CHROMIUM_ARGS, request, selfSignedCert, signToken, startServe, withTimeout,
+} from './support.mjs';
 
 const PKG_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const HERALD_BIN = path.resolve(PKG_DIR, process.env.HERALD_BIN || '../../target/debug/herald');
@@ -33,36 +34,14 @@ after(async () => {
 
 /** Starts `herald serve` over TLS on a free port; resolves with its https base URL. */
 function startHerald(dataDir, tls) {
-  const env = {};
-  for (const [k, v] of Object.entries(process.env)) {
-    if (!k.startsWith('HERALD_')) env[k] = v;
-  }
-  Object.assign(env, {
+  const { child, ready } = startServe(HERALD_BIN, dataDir, {
     HERALD_API_KEYS: API_KEY,
     HERALD_JWT_SECRET: JWT_SECRET,
     HERALD_TLS_CERT: tls.cert,
     HERALD_TLS_KEY: tls.key,
-    NO_COLOR: '1',
-  });
-  const child = spawn(HERALD_BIN, ['serve', '--listen', '127.0.0.1:0', '--data-dir', dataDir], {
-    env,
-    stdio: ['ignore', 'pipe', 'pipe'],
   });
   res.herald = child;
-  let log = '';
-  child.stderr.setEncoding('utf8');
-  child.stderr.on('data', (c) => (log += c));
-  const ready = new Promise((resolve, reject) => {
-    let out = '';
-    child.stdout.setEncoding('utf8');
-    child.stdout.on('data', (chunk) => {
-      out += chunk;
-      const m = out.match(/herald listening on (https:\/\/127\.0\.0\.1:\d+)/);
-      if (m) resolve(m[1]);
-    });
-    child.once('exit', (code) => reject(new Error(`herald exited (${code}) before listening:\n${log}`)));
-  });
-  return withTimeout(ready, 20_000, 'herald to print its listen line');
+  return ready;
 }
 
 /** An HTTPS request trusting only the test's certificate: { status, text }. */

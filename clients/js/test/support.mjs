@@ -1,6 +1,6 @@
 // Helpers shared by the browser tests (no tests here).
 
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { createHmac } from 'node:crypto';
 import path from 'node:path';
 
@@ -68,4 +68,38 @@ export function selfSignedCert(dir) {
     '-addext', 'subjectAltName=IP:127.0.0.1',
   ], { stdio: 'pipe' });
   return { cert, key };
+}
+
+/** This process's environment without any HERALD_* setting, plus `settings`. */
+export function hermeticEnv(settings) {
+  const env = {};
+  for (const [k, v] of Object.entries(process.env)) {
+    if (!k.startsWith('HERALD_')) env[k] = v;
+  }
+  return Object.assign(env, { NO_COLOR: '1' }, settings);
+}
+
+/**
+ * `herald serve` on a free port with only `settings` for configuration: { child, ready },
+ * `ready` resolving with its base URL (http or https) once it prints its listen line.
+ */
+export function startServe(bin, dataDir, settings) {
+  const child = spawn(bin, ['serve', '--listen', '127.0.0.1:0', '--data-dir', dataDir], {
+    env: hermeticEnv(settings),
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let log = '';
+  child.stderr.setEncoding('utf8');
+  child.stderr.on('data', (c) => (log += c));
+  const ready = new Promise((resolve, reject) => {
+    let out = '';
+    child.stdout.setEncoding('utf8');
+    child.stdout.on('data', (chunk) => {
+      out += chunk;
+      const m = out.match(/herald listening on (https?:\/\/127\.0\.0\.1:\d+)/);
+      if (m) resolve(m[1]);
+    });
+    child.once('exit', (code) => reject(new Error(`herald exited (${code}) before listening:\n${log}`)));
+  });
+  return { child, ready: withTimeout(ready, 20_000, 'herald to print its listen line') };
 }
