@@ -172,6 +172,7 @@ fn reliable_msg(
         ephemeral: false,
         conflation_key: None,
         trace: false,
+        traceparent: None,
     }
 }
 
@@ -346,6 +347,7 @@ async fn ephemeral(
         ephemeral: true,
         conflation_key,
         trace: false,
+        traceparent: None,
     };
     let d = topo.pick_dispatcher(rng, None);
     shared.ephemeral.fetch_add(1, Relaxed);

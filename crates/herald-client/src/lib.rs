@@ -62,6 +62,10 @@ pub struct Publish {
     /// Trace it through the cluster ([`Client::trace`] shows its journey).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub trace: bool,
+    /// W3C trace context of the publisher's span: a sampled one traces the message as a
+    /// child of that span (in `herald trace` and in an OpenTelemetry collector).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// Which traced message to look up.

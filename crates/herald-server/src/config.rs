@@ -114,6 +114,18 @@ pub struct ServeArgs {
     /// Traced messages each process remembers (the oldest are forgotten); default 10,000.
     #[arg(long, env = "HERALD_TRACE_KEEP")]
     pub trace_keep: Option<usize>,
+    /// OpenTelemetry collector (OTLP/HTTP base URL, e.g. `http://127.0.0.1:4318`): traced
+    /// messages are also sent there as spans. Headers for the collector come from
+    /// `OTEL_EXPORTER_OTLP_HEADERS`, the service name from `OTEL_SERVICE_NAME` (`herald`).
+    #[arg(long, env = "HERALD_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// PEM CA bundle an `https` OTLP endpoint is checked against.
+    #[arg(long, env = "HERALD_OTLP_CA")]
+    pub otlp_ca: Option<PathBuf>,
+    /// Milliseconds a traced message's spans wait before they are sent, so slow
+    /// connections' writes make it into them; default 1000.
+    #[arg(long, env = "HERALD_OTLP_DELAY_MS")]
+    pub otlp_delay_ms: Option<u64>,
     /// Milliseconds between a node's subscriber counts (presence reports, occupancy
     /// events); default 1000.
     #[arg(long, env = "HERALD_PRESENCE_TICK_MS")]
@@ -159,6 +171,9 @@ pub struct FileConfig {
     pub tls_key: Option<PathBuf>,
     pub trace_sample: Option<f64>,
     pub trace_keep: Option<usize>,
+    pub otlp_endpoint: Option<String>,
+    pub otlp_ca: Option<PathBuf>,
+    pub otlp_delay_ms: Option<u64>,
     pub presence_tick_ms: Option<u64>,
     /// `[namespaces.<name>]`; `[namespaces.default]` changes the fallback.
     #[serde(default)]
@@ -242,6 +257,16 @@ pub struct Config {
     pub trace_sample: f64,
     /// Traced messages remembered.
     pub trace_keep: usize,
+    /// Where traced messages are sent as OpenTelemetry spans.
+    pub otlp: Option<Otlp>,
+}
+
+/// The OpenTelemetry collector spans go to.
+#[derive(Clone, Debug)]
+pub struct Otlp {
+    pub endpoint: String,
+    pub ca_pem: Option<Vec<u8>>,
+    pub delay: Duration,
 }
 
 /// A secret that never prints.
@@ -272,7 +297,10 @@ impl Config {
         process: &str,
         role: &str,
     ) -> std::sync::Arc<herald_trace::Journal> {
-        let journal = herald_trace::Journal::new(process, role, self.trace_keep);
+        let journal = match &self.otlp {
+            Some(o) => herald_trace::Journal::exporting(process, role, self.trace_keep, o.delay),
+            None => herald_trace::Journal::new(process, role, self.trace_keep),
+        };
         self.node.journal = Some(journal.clone());
         self.dispatcher.journal = Some(journal.clone());
         journal
@@ -421,6 +449,7 @@ impl Config {
         if !(0.0..=1.0).contains(&trace_sample) {
             bail!("HERALD_TRACE_SAMPLE must be between 0 and 1 (got {trace_sample})");
         }
+        let otlp = otlp(args, &file)?;
         let key_names: Vec<&str> = api_keys.iter().map(|k| k.name.as_str()).collect();
         for (ns, p) in &dispatcher.policies.namespaces {
             for name in p.publishers.iter().flatten() {
@@ -455,8 +484,60 @@ impl Config {
             tls,
             trace_sample,
             trace_keep: args.trace_keep.or(file.trace_keep).unwrap_or(10_000).max(1),
+            otlp,
         })
     }
+
+    /// The OTLP exporter of this process's traced messages, started when configured;
+    /// the caller stops it (sending what is left) after the server has stopped.
+    pub fn start_otlp(
+        &self,
+        journal: &std::sync::Arc<herald_trace::Journal>,
+    ) -> anyhow::Result<Option<herald_otlp::Exporter>> {
+        let Some(o) = &self.otlp else {
+            return Ok(None);
+        };
+        let config = herald_otlp::OtlpConfig {
+            endpoint: o.endpoint.clone(),
+            ca_pem: o.ca_pem.clone(),
+            service: std::env::var("OTEL_SERVICE_NAME")
+                .ok()
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "herald".to_owned()),
+            process: journal.process().to_owned(),
+            role: journal.role().to_owned(),
+        };
+        let exporter = herald_otlp::Exporter::start(journal.clone(), &config)?;
+        tracing::info!(endpoint = %o.endpoint, "sending traced messages' spans over OTLP");
+        Ok(Some(exporter))
+    }
+}
+
+fn otlp(args: &ServeArgs, file: &FileConfig) -> anyhow::Result<Option<Otlp>> {
+    let Some(endpoint) = args
+        .otlp_endpoint
+        .clone()
+        .or_else(|| file.otlp_endpoint.clone())
+        .filter(|e| !e.trim().is_empty())
+    else {
+        return Ok(None);
+    };
+    herald_otlp::traces_url(&endpoint)?;
+    let ca_pem = match args.otlp_ca.as_ref().or(file.otlp_ca.as_ref()) {
+        Some(p) => Some(
+            std::fs::read(p).with_context(|| format!("reading HERALD_OTLP_CA {}", p.display()))?,
+        ),
+        None => None,
+    };
+    if endpoint.trim().starts_with("https://") && ca_pem.is_none() {
+        bail!("an https HERALD_OTLP_ENDPOINT needs HERALD_OTLP_CA (the CA its certificate is checked against)");
+    }
+    let delay_ms = args.otlp_delay_ms.or(file.otlp_delay_ms).unwrap_or(1000);
+    Ok(Some(Otlp {
+        endpoint,
+        ca_pem,
+        delay: Duration::from_millis(delay_ms),
+    }))
 }
 
 /// Streams this process can hold while file descriptors remain for the API, the store and

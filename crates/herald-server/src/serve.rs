@@ -44,7 +44,9 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
     );
     let listener = listen(config.listen).with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
-    let tracing = server::trace::Tracing::new(journal, config.trace_sample, None);
+    let otlp = config.start_otlp(&journal)?;
+    let tracing =
+        server::trace::Tracing::new(journal, config.trace_sample, None).with_otlp(otlp.as_ref());
     // With presence events on, the node's own reports feed its view; else the endpoint
     // reads the node's slots when asked.
     let presence = config.node.presence.any().then(|| node.presence().clone());
@@ -68,6 +70,9 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
         config.drain.unwrap_or(Duration::ZERO),
     )
     .await;
+    if let Some(otlp) = otlp {
+        otlp.stop().await;
+    }
     Ok(())
 }
 

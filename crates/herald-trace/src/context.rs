@@ -76,8 +76,15 @@ impl TraceContext {
     pub fn child(&self) -> Self {
         Self {
             trace_id: self.trace_id,
-            parent: SpanId(rand::random::<[u8; 8]>().map(|b| b.max(1))),
+            parent: SpanId::random(),
         }
+    }
+}
+
+impl SpanId {
+    /// A new span id (never all zero).
+    pub fn random() -> Self {
+        SpanId(rand::random::<[u8; 8]>().map(|b| b.max(1)))
     }
 }
 

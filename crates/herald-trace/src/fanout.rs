@@ -2,6 +2,7 @@
 //! for its first and last connection, when sockets took it, and what skipped it. Updated
 //! only for traced messages, with atomics, so connections never wait on each other.
 
+use crate::context::SpanId;
 use crate::journal::{Hop, Step};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -25,6 +26,8 @@ pub struct FanoutCounts {
 #[derive(Debug)]
 pub struct Fanout {
     received_us: u64,
+    /// The span that handed the message to this node (the owner's `herald.publish`).
+    from: SpanId,
     queued_first_us: AtomicU64,
     queued_last_us: AtomicU64,
     queued: AtomicU64,
@@ -41,9 +44,10 @@ pub struct Fanout {
 }
 
 impl Fanout {
-    pub(crate) fn new(received_us: u64) -> Self {
+    pub(crate) fn new(received_us: u64, from: SpanId) -> Self {
         Self {
             received_us,
+            from,
             queued_first_us: AtomicU64::new(0),
             queued_last_us: AtomicU64::new(0),
             queued: AtomicU64::new(0),
@@ -57,6 +61,10 @@ impl Fanout {
             written_last_us: AtomicU64::new(0),
             written: AtomicU64::new(0),
         }
+    }
+
+    pub(crate) fn from(&self) -> SpanId {
+        self.from
     }
 
     /// A fan-out pass over the channel's connections ran from `first_us` to `last_us`.
@@ -152,7 +160,7 @@ mod tests {
 
     #[test]
     fn hops_appear_as_the_fanout_progresses() {
-        let f = Fanout::new(100);
+        let f = Fanout::new(100, SpanId([1; 8]));
         assert_eq!(f.hops("n0", "node", "live:a", Some(1)).len(), 1);
         f.fanned_out(
             110,

@@ -1,8 +1,9 @@
 //! The hops of traced messages through this process, the most recent ones kept.
 
-use crate::context::{TraceContext, TraceId};
+use crate::context::{SpanId, TraceContext, TraceId};
 use crate::fanout::Fanout;
 use crate::histogram::HopLatency;
+use crate::span::{SpanKind, SpanView};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -31,6 +32,23 @@ pub enum Step {
     WrittenFirst,
     /// The last connection's socket so far took its bytes.
     WrittenLast,
+}
+
+impl Step {
+    /// Its name on the wire (`GET /v1/trace`) and in span events.
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Accepted => "accepted",
+            Step::Forwarded => "forwarded",
+            Step::Stored => "stored",
+            Step::Fabric => "fabric",
+            Step::Received => "received",
+            Step::QueuedFirst => "queued_first",
+            Step::QueuedLast => "queued_last",
+            Step::WrittenFirst => "written_first",
+            Step::WrittenLast => "written_last",
+        }
+    }
 }
 
 /// One hop of a message's journey.
@@ -64,6 +82,11 @@ struct Entry {
     trace: TraceId,
     channel: Arc<str>,
     seq: Option<u64>,
+    /// The span that handed the message to this process when it was first seen here.
+    from: SpanId,
+    /// This process's `herald.publish` span, once it took the publish request: its id
+    /// (handed on with the message) and its parent (none when Herald began the trace).
+    publish: Option<(SpanId, Option<SpanId>)>,
     hops: Vec<Hop>,
     /// Live counters of fan-outs on this node (a node may see a message twice: the fabric,
     /// then a repair).
@@ -74,6 +97,8 @@ struct Inner {
     traces: HashMap<TraceId, Entry>,
     order: VecDeque<TraceId>,
     positions: HashMap<(Arc<str>, u64), TraceId>,
+    /// Traces to report as spans once settled, with when (oldest first).
+    settling: VecDeque<(TraceId, u64)>,
 }
 
 /// The traced messages this process handled, the `keep` most recent.
@@ -81,6 +106,9 @@ pub struct Journal {
     process: String,
     role: String,
     keep: usize,
+    /// Microseconds after a trace is first seen here that its spans are reported, when
+    /// they are exported at all.
+    export_after_us: Option<u64>,
     inner: Mutex<Inner>,
     /// Per-hop latency of every message, traced or not.
     pub latency: HopLatency,
@@ -102,14 +130,37 @@ impl std::fmt::Debug for Journal {
 
 impl Journal {
     pub fn new(process: impl Into<String>, role: impl Into<String>, keep: usize) -> Arc<Self> {
+        Self::build(process.into(), role.into(), keep, None)
+    }
+
+    /// A journal whose traces are also reported as spans ([`settled`](Self::settled))
+    /// `after` they were first seen here: by then this process's part is normally done.
+    pub fn exporting(
+        process: impl Into<String>,
+        role: impl Into<String>,
+        keep: usize,
+        after: std::time::Duration,
+    ) -> Arc<Self> {
+        let after_us = u64::try_from(after.as_micros()).unwrap_or(u64::MAX);
+        Self::build(process.into(), role.into(), keep, Some(after_us))
+    }
+
+    fn build(
+        process: String,
+        role: String,
+        keep: usize,
+        export_after_us: Option<u64>,
+    ) -> Arc<Self> {
         Arc::new(Self {
-            process: process.into(),
-            role: role.into(),
+            process,
+            role,
             keep: keep.max(1),
+            export_after_us,
             inner: Mutex::new(Inner {
                 traces: HashMap::new(),
                 order: VecDeque::new(),
                 positions: HashMap::new(),
+                settling: VecDeque::new(),
             }),
             latency: HopLatency::default(),
         })
@@ -121,6 +172,33 @@ impl Journal {
 
     pub fn role(&self) -> &str {
         &self.role
+    }
+
+    /// Records that this process took the publish request of a traced message, and starts
+    /// its `herald.publish` span. `began`: Herald began the trace (no publisher's span is
+    /// its parent). Returns the context to hand the message on with.
+    pub fn accept(
+        &self,
+        ctx: &TraceContext,
+        began: bool,
+        channel: &str,
+        note: Option<String>,
+    ) -> TraceContext {
+        // A trace Herald began names its first span already: that span is this one.
+        let (span, parent) = if began {
+            (ctx.parent, None)
+        } else {
+            (SpanId::random(), Some(ctx.parent))
+        };
+        self.record(ctx, channel, None, Step::Accepted, note);
+        let mut g = self.inner.lock();
+        let entry = self.entry(&mut g, ctx, channel, None);
+        // Accepted twice (a retried forward): the first span stays the one handed on.
+        let (span, _) = *entry.publish.get_or_insert((span, parent));
+        TraceContext {
+            trace_id: ctx.trace_id,
+            parent: span,
+        }
     }
 
     /// Records that this process did `step` with the message of `ctx` now.
@@ -156,7 +234,7 @@ impl Journal {
             counts: BTreeMap::new(),
         };
         let mut g = self.inner.lock();
-        let entry = self.entry(&mut g, ctx.trace_id, channel, seq);
+        let entry = self.entry(&mut g, ctx, channel, seq);
         if entry.hops.len() < MAX_HOPS {
             entry.hops.push(hop);
         }
@@ -164,9 +242,9 @@ impl Journal {
 
     /// Starts following the message's fan-out on this node (it was just received).
     pub fn fanout(&self, ctx: &TraceContext, channel: &str, seq: Option<u64>) -> Arc<Fanout> {
-        let fanout = Arc::new(Fanout::new(crate::now_us()));
+        let fanout = Arc::new(Fanout::new(crate::now_us(), ctx.parent));
         let mut g = self.inner.lock();
-        let entry = self.entry(&mut g, ctx.trace_id, channel, seq);
+        let entry = self.entry(&mut g, ctx, channel, seq);
         if entry.fanouts.len() < MAX_HOPS / 8 {
             entry.fanouts.push(fanout.clone());
         }
@@ -177,16 +255,17 @@ impl Journal {
     /// request learns it from the answer).
     pub fn positioned(&self, ctx: &TraceContext, channel: &str, seq: u64) {
         let mut g = self.inner.lock();
-        self.entry(&mut g, ctx.trace_id, channel, Some(seq));
+        self.entry(&mut g, ctx, channel, Some(seq));
     }
 
     fn entry<'a>(
         &self,
         g: &'a mut Inner,
-        trace: TraceId,
+        ctx: &TraceContext,
         channel: &str,
         seq: Option<u64>,
     ) -> &'a mut Entry {
+        let trace = ctx.trace_id;
         if !g.traces.contains_key(&trace) {
             while g.order.len() >= self.keep {
                 let Some(old) = g.order.pop_front() else {
@@ -199,6 +278,14 @@ impl Journal {
                 }
             }
             g.order.push_back(trace);
+            if let Some(after) = self.export_after_us {
+                // Bounded like the traces: an evicted trace's turn finds nothing.
+                if g.settling.len() >= self.keep {
+                    g.settling.pop_front();
+                }
+                g.settling
+                    .push_back((trace, crate::now_us().saturating_add(after)));
+            }
         }
         let Inner {
             traces, positions, ..
@@ -207,6 +294,8 @@ impl Journal {
             trace,
             channel: Arc::from(channel),
             seq: None,
+            from: ctx.parent,
+            publish: None,
             hops: Vec::new(),
             fanouts: Vec::new(),
         });
@@ -239,6 +328,47 @@ impl Journal {
         }
         hops.sort_by_key(|h| (h.at_us, h.step));
         Some((e.trace, hops))
+    }
+
+    /// The spans of the traces whose time to be reported came by `now_us`, each trace
+    /// once: a `herald.publish` span when this process took or stored the message, a
+    /// `herald.deliver` span per fan-out on this node.
+    pub fn settled(&self, now_us: u64) -> Vec<SpanView> {
+        let mut g = self.inner.lock();
+        let mut out = Vec::new();
+        while let Some(&(trace, due)) = g.settling.front() {
+            if due > now_us {
+                break;
+            }
+            g.settling.pop_front();
+            if let Some(e) = g.traces.get(&trace) {
+                self.spans_of(e, &mut out);
+            }
+        }
+        out
+    }
+
+    fn spans_of(&self, e: &Entry, out: &mut Vec<SpanView>) {
+        // Hops recorded without a publish span of this process (a dispatcher that stored
+        // a message another took) hang off the span that handed it here.
+        let (id, parent) = e.publish.unwrap_or((SpanId::random(), Some(e.from)));
+        out.extend(SpanView::over(
+            (e.trace, id),
+            (parent, true),
+            SpanKind::Publish,
+            e.hops.clone(),
+        ));
+        for f in &e.fanouts {
+            let hops = f.hops(&self.process, &self.role, &e.channel, e.seq);
+            // `herald serve` delivers what it took itself: the parent span is its own.
+            let remote = e.publish.map(|p| p.0) != Some(f.from());
+            out.extend(SpanView::over(
+                (e.trace, SpanId::random()),
+                (Some(f.from()), remote),
+                SpanKind::Deliver,
+                hops,
+            ));
+        }
     }
 
     /// Traced messages held.
@@ -285,6 +415,20 @@ mod tests {
 
     #[test]
     fn hops_serialize_with_snake_case_steps() {
+        for step in [
+            Step::Accepted,
+            Step::Forwarded,
+            Step::Stored,
+            Step::Fabric,
+            Step::Received,
+            Step::QueuedFirst,
+            Step::QueuedLast,
+            Step::WrittenFirst,
+            Step::WrittenLast,
+        ] {
+            let json = serde_json::to_string(&step).expect("json");
+            assert_eq!(json, format!("\"{}\"", step.name()));
+        }
         let j = Journal::new("n0", "node", 4);
         let a = TraceContext::random();
         j.record(&a, "live:a", Some(1), Step::QueuedLast, Some("x".into()));
@@ -293,5 +437,50 @@ mod tests {
         assert!(json.contains("\"step\":\"queued_last\""), "{json}");
         let back: Vec<Hop> = serde_json::from_str(&json).expect("parse");
         assert_eq!(back, hops);
+    }
+
+    #[test]
+    fn settled_traces_become_a_publish_span_and_a_deliver_span_per_fanout_once() {
+        let j = Journal::exporting("serve", "serve", 8, std::time::Duration::from_secs(3600));
+        let from_publisher = TraceContext::random();
+        let handed = j.accept(&from_publisher, false, "live:a", None);
+        assert_eq!(handed.trace_id, from_publisher.trace_id);
+        assert_ne!(handed.parent, from_publisher.parent, "a span of its own");
+        j.record(&handed, "live:a", Some(3), Step::Stored, None);
+        j.fanout(&handed, "live:a", Some(3)).written();
+        assert!(j.settled(crate::now_us()).is_empty(), "not settled yet");
+
+        let spans = j.settled(u64::MAX);
+        assert_eq!(spans.len(), 2, "{spans:?}");
+        let publish = &spans[0];
+        assert_eq!(publish.kind, SpanKind::Publish);
+        assert_eq!(publish.span_id, handed.parent);
+        assert_eq!(publish.parent, Some(from_publisher.parent));
+        assert_eq!(publish.seq, Some(3));
+        assert!(publish.start_us <= publish.end_us);
+        let deliver = &spans[1];
+        assert_eq!(deliver.kind, SpanKind::Deliver);
+        assert_eq!(deliver.parent, Some(handed.parent));
+        assert_eq!(deliver.hops.last().map(|h| h.step), Some(Step::WrittenLast));
+        assert!(j.settled(u64::MAX).is_empty(), "each trace once");
+    }
+
+    #[test]
+    fn a_trace_herald_began_has_a_root_publish_span() {
+        let j = Journal::exporting("d0", "dispatcher", 8, std::time::Duration::ZERO);
+        let began = TraceContext::random();
+        let handed = j.accept(&began, true, "live:a", None);
+        assert_eq!(handed, began, "the first span is this one");
+        let spans = j.settled(u64::MAX);
+        assert_eq!(spans.len(), 1);
+        assert_eq!(spans[0].parent, None);
+        assert_eq!(spans[0].span_id, began.parent);
+    }
+
+    #[test]
+    fn a_journal_that_does_not_export_settles_nothing() {
+        let j = Journal::new("d0", "dispatcher", 8);
+        j.accept(&TraceContext::random(), true, "live:a", None);
+        assert!(j.settled(u64::MAX).is_empty());
     }
 }

@@ -13,11 +13,13 @@ mod context;
 mod fanout;
 mod histogram;
 mod journal;
+mod span;
 
 pub use context::{SpanId, TraceContext, TraceId, TraceParseError};
 pub use fanout::{Fanout, FanoutCounts};
 pub use histogram::{between_us, Histogram, HopLatency};
 pub use journal::{Hop, Journal, Query, Step};
+pub use span::{SpanKind, SpanView};
 
 /// Microseconds since the Unix epoch: the clock every hop is stamped with, so hops of
 /// different processes line up (as well as their clocks agree).

@@ -292,8 +292,10 @@ async fn serve_role(role: Role, args: RoleArgs, mut config: Config) -> anyhow::R
             (None, Some(dispatcher), Some(routing))
         }
     };
+    let otlp = config.start_otlp(&journal)?;
     let tracing =
-        server::trace::Tracing::new(journal, config.trace_sample, Some((*fabric).clone()));
+        server::trace::Tracing::new(journal, config.trace_sample, Some((*fabric).clone()))
+            .with_otlp(otlp.as_ref());
     tracing
         .answer_peers()
         .await
@@ -339,6 +341,9 @@ async fn serve_role(role: Role, args: RoleArgs, mut config: Config) -> anyhow::R
         {
             tracing::warn!("a background task did not stop in time");
         }
+    }
+    if let Some(otlp) = otlp {
+        otlp.stop().await;
     }
     fabric.shutdown().await;
     Ok(())

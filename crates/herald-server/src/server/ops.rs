@@ -369,6 +369,23 @@ pub fn metrics(state: &State) -> Response<ResponseBody> {
         "Traced messages this process remembers (HERALD_TRACE_KEEP at most).",
         state.tracing.journal.len(),
     );
+    if let Some(otlp) = &state.tracing.otlp {
+        use std::sync::atomic::Ordering::Relaxed;
+        metric(
+            &mut out,
+            "herald_otlp_spans_exported_total",
+            c,
+            "Spans of traced messages the OpenTelemetry collector took.",
+            otlp.spans_exported.load(Relaxed),
+        );
+        metric(
+            &mut out,
+            "herald_otlp_spans_failed_total",
+            c,
+            "Spans dropped because the collector was unreachable, refused them or timed out.",
+            otlp.spans_failed.load(Relaxed),
+        );
+    }
     let mut resp = Response::new(ResponseBody::full(out));
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,

@@ -204,9 +204,7 @@ fn item(
             .tracing
             .context_for(request_trace, r.trace, r.traceparent.as_deref())?
     };
-    if let Some(ctx) = &trace {
-        state.tracing.accepted(ctx, &r.channel, forwarded);
-    }
+    let trace = trace.map(|t| state.tracing.accepted(t, &r.channel, forwarded));
     let data = match &r.data {
         Some(raw) => Bytes::from(herald_proto::one_line_json(raw.get()).into_owned()),
         None => Bytes::new(),

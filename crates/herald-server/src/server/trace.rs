@@ -9,7 +9,7 @@ use super::exchange::{json, query_pairs};
 use super::State;
 use bytes::Bytes;
 use herald_fabric::NatsFabric;
-use herald_trace::{Hop, Journal, Query, Step, TraceContext, TraceId};
+use herald_trace::{Hop, Journal, Query, TraceContext, TraceId};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
@@ -30,6 +30,8 @@ pub struct Tracing {
     pub journal: Arc<Journal>,
     sample: f64,
     peers: Option<NatsFabric>,
+    /// What the OTLP exporter did, when there is one.
+    pub otlp: Option<Arc<herald_otlp::Counters>>,
 }
 
 /// A question to the other processes, and what each answers.
@@ -68,7 +70,14 @@ impl Tracing {
             journal,
             sample,
             peers,
+            otlp: None,
         }
+    }
+
+    /// Reports the OTLP exporter's counters in `/metrics`.
+    pub fn with_otlp(mut self, exporter: Option<&herald_otlp::Exporter>) -> Self {
+        self.otlp = exporter.map(|e| e.counters.clone());
+        self
     }
 
     /// The cluster's other processes, when there are any.
@@ -103,17 +112,20 @@ impl Tracing {
         request: Parent,
         asked: bool,
         own: Option<&str>,
-    ) -> Result<Option<TraceContext>, ApiError> {
+    ) -> Result<Option<Traced>, ApiError> {
         let parent = match own {
             Some(tp) => parse(tp)?,
             None => request,
         };
         match parent {
-            Parent::Sampled(ctx) => Ok(Some(ctx)),
+            Parent::Sampled(ctx) => Ok(Some(Traced { ctx, began: false })),
             Parent::NotSampled => Ok(None),
             Parent::None => {
                 let sampled = self.sample > 0.0 && rand::random::<f64>() < self.sample;
-                Ok((asked || sampled).then(TraceContext::random))
+                Ok((asked || sampled).then(|| Traced {
+                    ctx: TraceContext::random(),
+                    began: true,
+                }))
             }
         }
     }
@@ -129,11 +141,12 @@ impl Tracing {
         parse(v)
     }
 
-    /// Records that this process took a traced publish.
-    pub fn accepted(&self, ctx: &TraceContext, channel: &str, forwarded: bool) {
+    /// Records that this process took a traced publish; returns the context the message
+    /// goes on with (naming this process's span).
+    pub fn accepted(&self, traced: Traced, channel: &str, forwarded: bool) -> TraceContext {
         let note = forwarded.then(|| "forwarded by another dispatcher".to_owned());
         self.journal
-            .record(ctx, channel, None, Step::Accepted, note);
+            .accept(&traced.ctx, traced.began, channel, note)
     }
 
     /// Gathers the hops of `q` from this process and, in a cluster, from every process that
@@ -186,6 +199,15 @@ impl Tracing {
             hops,
         }))
     }
+}
+
+/// A traced publish as it reached this process.
+#[derive(Clone, Copy, Debug)]
+pub struct Traced {
+    /// The trace, and the span that handed the message here.
+    pub ctx: TraceContext,
+    /// Herald began the trace here (no span handed it over).
+    pub began: bool,
 }
 
 /// What a publisher's `traceparent` says.

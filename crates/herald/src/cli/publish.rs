@@ -32,6 +32,9 @@ pub struct Args {
     /// Trace it: every hop through the cluster is recorded (`herald trace`).
     #[arg(long)]
     pub trace: bool,
+    /// Trace it as a child of this W3C `traceparent` (your service's span).
+    #[arg(long)]
+    pub traceparent: Option<String>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -49,6 +52,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ephemeral: args.ephemeral,
         conflation_key: args.conflation_key,
         trace: args.trace,
+        traceparent: args.traceparent,
     };
     let result = client.publish(&msg).await?;
     println!("{}", serde_json::to_string(&result)?);
