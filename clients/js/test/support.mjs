@@ -82,9 +82,11 @@ export function hermeticEnv(settings) {
 /**
  * `herald serve` on a free port with only `settings` for configuration: { child, ready },
  * `ready` resolving with its base URL (http or https) once it prints its listen line.
+ * `listen` (a restart on the same port) and more `args` (`--config …`) are optional.
  */
-export function startServe(bin, dataDir, settings) {
-  const child = spawn(bin, ['serve', '--listen', '127.0.0.1:0', '--data-dir', dataDir], {
+export function startServe(bin, dataDir, settings, { listen = '127.0.0.1:0', args: more = [] } = {}) {
+  const args = ['serve', '--listen', listen, '--data-dir', dataDir, ...more];
+  const child = spawn(bin, args, {
     env: hermeticEnv(settings),
     stdio: ['ignore', 'pipe', 'pipe'],
   });
