@@ -6,12 +6,13 @@
 // Environment: HERALD_BIN (default ../../target/debug/herald), CHROMIUM_PATH.
 
 import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import http from 'node:http';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
-import { scenarios, token } from './sdk-scenarios.mjs';
+import { scenarios, server, token, until } from './sdk-scenarios.mjs';
 import { CHROMIUM, CHROMIUM_ARGS, withTimeout } from './support.mjs';
 
 const DIST = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', 'dist');
@@ -132,3 +133,24 @@ const browser = {
 for (const [name, run] of Object.entries(scenarios)) {
   test(`chromium: ${name}`, () => run(browser, cleanup));
 }
+
+test('chromium: offline closes the stream, online resumes it with nothing lost', async () => {
+  const s = await server(cleanup, browser.serverSettings);
+  const c = await browser.client({ url: s.base, token: { channels: ['live:*'] }, channels: ['live:o'] });
+  await c.connect();
+  const snapUntil = (what, pred) =>
+    until(async () => pred(await c.snap()), what, 20_000, async () => JSON.stringify(await c.snap()));
+  await snapUntil('open', (x) => x.state === 'open');
+  await s.publish('live:o', { i: 1 });
+  await snapUntil('the first', (x) => x.got['live:o'].length === 1);
+  await res.page.context().setOffline(true);
+  await snapUntil('offline', (x) => x.state === 'offline');
+  const attempts = (await c.snap()).attempts;
+  for (let i = 2; i <= 4; i++) await s.publish('live:o', { i });
+  await res.page.context().setOffline(false);
+  await snapUntil('all four after going online', (x) => x.got['live:o'].length === 4);
+  const x = await c.snap();
+  assert.deepEqual(x.got['live:o'].map((m) => m.seq), [1, 2, 3, 4]);
+  assert.equal(x.attempts, attempts + 1, 'one reconnect, at once');
+  assert.ok(!x.states.some((st) => st.state === 'retrying'), 'offline is not a failure');
+});
