@@ -44,6 +44,11 @@ export class AckBatcher {
     if (!this.flushing) {
       this.flushing = this.send().finally(() => {
         this.flushing = undefined;
+        // Nothing left to send: no timer until the next ack.
+        if (this.pending.size === 0) {
+          clearInterval(this.timer);
+          this.timer = undefined;
+        }
       });
     }
     return this.flushing;

@@ -393,6 +393,7 @@ export class Herald {
   }
 
   private deliver(m: Message): void {
+    if (this.current === 'closed') return;
     if (m.seq !== undefined && m.epoch !== undefined) {
       const had = this.positions.get(m.channel);
       if (had && had.epoch === m.epoch && m.seq <= had.seq) return; // seen already
