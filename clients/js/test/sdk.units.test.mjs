@@ -38,3 +38,28 @@ test('Retry-After in seconds or as a date; token exp from the payload', () => {
   assert.equal(expOf(`e30.${payload}.sig`), 1796000000);
   assert.equal(expOf('not-a-jwt'), undefined);
 });
+
+test('events at or below a channel position are dropped (dedupe by channel and seq)', async () => {
+  const { Herald } = await import('../dist/index.js');
+  const env = (seq, epoch = 7) => JSON.stringify({ channel: 'live:d', epoch, seq, ts: 1, data: { seq } });
+  // One stream that repeats what a resume could repeat: 2 again, 1 again, then 3; a new epoch.
+  const body = ['retry: 1000\n\n', ...[1, 2, 2, 1, 3].map((s) => `id: c${s}\ndata: ${env(s)}\n\n`), `id: e\ndata: ${env(1, 8)}\n\n`];
+  const fakeFetch = async () =>
+    new Response(
+      new ReadableStream({
+        start(ctl) {
+          for (const chunk of body) ctl.enqueue(new TextEncoder().encode(chunk));
+        },
+      }),
+      { status: 200, headers: { 'content-type': 'text/event-stream' } },
+    );
+  const h = new Herald({ url: 'http://unused', transport: 'fetch', fetch: fakeFetch, channels: ['live:d'] });
+  const got = [];
+  h.on('live:d', '*', (m) => got.push(`${m.epoch}:${m.seq}`));
+  h.connect();
+  const deadline = Date.now() + 5000;
+  while (got.length < 4 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+  await h.close();
+  assert.deepEqual(got, ['7:1', '7:2', '7:3', '8:1']);
+  assert.equal(h.cursor, 'e');
+});
