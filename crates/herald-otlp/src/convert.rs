@@ -73,3 +73,52 @@ fn event(h: &Hop) -> Event {
 fn at(us: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_micros(us)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_trace::{Journal, TraceContext};
+
+    #[test]
+    fn hops_become_events_counts_attributes_and_a_root_has_no_parent() {
+        let j = Journal::exporting("serve", "serve", 4, Duration::ZERO);
+        let began = TraceContext::random();
+        let handed = j.accept(&began, true, "live:a", None);
+        let fanout = j.fanout(&handed, "live:a", Some(9));
+        fanout.written();
+        let spans = j.settled(u64::MAX);
+        let scope = InstrumentationScope::builder("herald").build();
+        let publish = span_data(&spans[0], &scope);
+        assert_eq!(publish.name, "herald.publish");
+        assert_eq!(
+            publish.parent_span_id,
+            SpanId::INVALID,
+            "Herald began it: a root"
+        );
+        assert!(!publish.parent_span_is_remote);
+        assert_eq!(publish.span_context.trace_id().to_bytes(), began.trace_id.0);
+        assert_eq!(publish.span_context.span_id().to_bytes(), began.parent.0);
+        let deliver = span_data(&spans[1], &scope);
+        assert_eq!(deliver.span_kind, OtelKind::Consumer);
+        assert_eq!(deliver.parent_span_id.to_bytes(), began.parent.0);
+        assert!(
+            !deliver.parent_span_is_remote,
+            "serve delivers what it took"
+        );
+        let names: Vec<&str> = deliver.events.iter().map(|e| e.name.as_ref()).collect();
+        assert_eq!(names, ["received", "written_first", "written_last"]);
+        let attr = |k: &str| {
+            deliver
+                .attributes
+                .iter()
+                .find(|a| a.key.as_str() == k)
+                .map(|a| a.value.clone())
+        };
+        assert_eq!(attr("herald.written"), Some(opentelemetry::Value::I64(1)));
+        assert_eq!(attr("herald.seq"), Some(opentelemetry::Value::I64(9)));
+        assert_eq!(
+            attr("herald.channel"),
+            Some(opentelemetry::Value::from("live:a"))
+        );
+    }
+}
