@@ -279,9 +279,11 @@ export class Herald {
         } else if (status === 403 || status === 400 || status === 404) {
           return this.stop(error);
         } else {
-          // 429 and 503 say when to come back; the jittered backoff on top keeps clients
-          // refused together from coming back together.
-          delay = (e.retryAfterMs ?? 0) + this.backoff();
+          // 429 and 503 say when to come back; every refused client hears the same whole
+          // seconds, so up to 20 % more at random keeps them from coming back together.
+          const backoff = this.backoff();
+          const ra = e.retryAfterMs;
+          delay = ra ? Math.max(backoff, Math.round(ra * (1 + this.random() * 0.2))) : backoff;
         }
         break;
       }

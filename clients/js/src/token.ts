@@ -81,13 +81,16 @@ export class TokenKeeper {
     return this.pending;
   }
 
-  /** Asks again `refreshBeforeSecs` before `exp`, or at 80 % of the time left if sooner. */
+  /** Asks again `refreshBeforeSecs` before `exp`, or at 80 % of the time left if sooner
+   * (also for a token that lives less than `refreshBeforeSecs`: asking at once would ask in a
+   * loop); at least 1 s after. */
   private schedule(token: string): void {
     clearTimeout(this.timer);
     const exp = expOf(token);
     if (exp === undefined || this.stopped) return;
     const left = exp * 1000 - Date.now();
-    const at = Math.max(1000, Math.min(left - this.refreshBeforeSecs * 1000, left * 0.8));
+    const early = left - this.refreshBeforeSecs * 1000;
+    const at = Math.max(1000, early > 0 ? Math.min(early, left * 0.8) : left * 0.8);
     this.timer = setTimeout(() => void this.refresh(), at);
   }
 

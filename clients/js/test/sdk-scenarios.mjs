@@ -232,7 +232,7 @@ export const scenarios = {
     assert.equal(x.got['tiny:r'].at(-1).backfilled, false);
   },
 
-  async 'a 503 is retried after Retry-After plus jittered backoff, a bounded number of times; a 403 stops'(d, cleanup) {
+  async 'a 503 is retried after a jittered Retry-After, a bounded number of times; a 403 stops'(d, cleanup) {
     const s = await server(cleanup, { ...d.serverSettings, HERALD_MAX_CONNECTIONS: '1' });
     // The one stream the server takes.
     const holder = new AbortController();
