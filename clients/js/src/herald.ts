@@ -228,6 +228,9 @@ export class Herald {
       },
       onEvent: (e) => gen === this.generation && this.received(e),
       onRetry: () => {},
+      onCursor: (id) => {
+        if (gen === this.generation) this.cursorValue = id;
+      },
       onEnd: (e) => {
         if (gen !== this.generation) return;
         this.stream = undefined;

@@ -20,6 +20,8 @@ export class SseParser {
   constructor(
     private readonly onEvent: (e: SseEvent) => void,
     private readonly onRetry: (ms: number) => void = () => {},
+    /** A block with an `id:` and no event (Herald names where a stream starts this way). */
+    private readonly onId: (id: string) => void = () => {},
   ) {}
 
   feed(text: string): void {
@@ -76,7 +78,10 @@ export class SseParser {
     this.data = [];
     this.sawField = false;
     this.sawId = false;
-    if (!had) return;
+    if (!had) {
+      if (hasId && this.lastId !== undefined) this.onId(this.lastId);
+      return;
+    }
     this.onEvent({ event, data, id: this.lastId, hasId });
   }
 }

@@ -13,6 +13,8 @@ export interface StreamCallbacks {
   onOpen(): void;
   onEvent(e: SseEvent): void;
   onRetry(ms: number): void;
+  /** An `id:` without an event: the stream's cursor as it starts. */
+  onCursor(id: string): void;
   onEnd(e: Ending): void;
 }
 
@@ -98,6 +100,7 @@ export function openFetchStream(req: StreamRequest, cb: StreamCallbacks): Stream
     const parser = new SseParser(
       (e) => !done && cb.onEvent(e),
       (ms) => !done && cb.onRetry(ms),
+      (id) => !done && cb.onCursor(id),
     );
     const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
     try {

@@ -4,6 +4,7 @@
 // Environment: HERALD_BIN (default ../../target/debug/herald relative to clients/js).
 
 import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
 import { Herald } from '../dist/index.js';
 import { scenarios, token } from './sdk-scenarios.mjs';
 
@@ -59,3 +60,21 @@ const node = {
 for (const [name, run] of Object.entries(scenarios)) {
   test(`node: ${name}`, () => run(node, cleanup));
 }
+
+test('node: a stream that drops before its first event resumes from where it started', async () => {
+  const { server, until } = await import('./sdk-scenarios.mjs');
+  const s = await server(cleanup);
+  // Long enough a backoff that the publishes below happen while the client is away.
+  const c = await node.client({ url: s.base, token: { channels: ['live:*'] }, channels: ['live:q'], retry: { baseMs: 4000, maxMs: 4000 } });
+  await c.connect();
+  await until(async () => (await c.snap()).cursor !== undefined, 'the cursor the stream starts with');
+  await s.kill9();
+  await s.restart();
+  await s.publish('live:q', { i: 1 });
+  await s.publish('live:q', { i: 2 });
+  await until(async () => (await c.snap()).got['live:q'].length === 2, 'both, after the reconnect', 20_000, async () =>
+    JSON.stringify(await c.snap()),
+  );
+  const x = await c.snap();
+  assert.deepEqual(x.got['live:q'].map((m) => m.seq), [1, 2]);
+});

@@ -7,11 +7,13 @@ import { SseParser, backoffDelay, expOf, retryAfterMs } from '../dist/index.js';
 test('the SSE parser handles split chunks, CRLF, comments, multi-line data and sticky ids', () => {
   const events = [];
   const retries = [];
-  const p = new SseParser((e) => events.push(e), (ms) => retries.push(ms));
-  const stream = 'retry: 2371\r\n\r\n: hb\n\nid: h1a\nevent: comment\ndata: {"a":\ndata: 1}\n\ndata: eph\r\n\r\nevent: x\n\n';
+  const ids = [];
+  const p = new SseParser((e) => events.push(e), (ms) => retries.push(ms), (id) => ids.push(id));
+  const stream = 'retry: 2371\r\nid: h1start\r\n\r\n: hb\n\nid: h1a\nevent: comment\ndata: {"a":\ndata: 1}\n\ndata: eph\r\n\r\nevent: x\n\n';
   // Byte by byte: every split point, including between \r and \n.
   for (const ch of stream) p.feed(ch);
   assert.deepEqual(retries, [2371]);
+  assert.deepEqual(ids, ['h1start'], 'an id: block without an event');
   assert.deepEqual(events, [
     { event: 'comment', data: '{"a":\n1}', id: 'h1a', hasId: true },
     { event: 'message', data: 'eph', id: 'h1a', hasId: false },

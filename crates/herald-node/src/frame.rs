@@ -56,6 +56,16 @@ impl Positions {
         self.hashes.len() == 1
     }
 
+    /// An `id:` block with no event: where every channel of the stream starts. A client
+    /// keeps it as its last event ID (EventSource does, without dispatching anything), so
+    /// a stream that drops before its first event still resumes from its start.
+    pub fn start_block(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + 12 * self.known.len());
+        self.write_id_line(&mut out);
+        out.push(b'\n');
+        out
+    }
+
     fn write_id_line(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"id: ");
         encode_cursor_into(&self.known, out);

@@ -450,6 +450,8 @@ impl StreamPlan {
                 positions.set(j.idx, p);
             }
         }
+        let mut start = node.retry_frame().to_vec();
+        start.extend_from_slice(&positions.start_block());
         let queue = Arc::new(
             ConnQueue::new(
                 node.config.queue_cap,
@@ -461,7 +463,7 @@ impl StreamPlan {
             .with_user(self.user.take()),
         );
         let conn_id = node.registry.add(&queue);
-        queue.push_unbounded(Item::Raw(node.retry_frame()));
+        queue.push_unbounded(Item::Raw(Bytes::from(start)));
         // A live join starts at the head read moments ago: it needs no validation against the
         // store, and usually joins right here. Only resumes (and live joins the ring cannot
         // bridge) need the replay task.

@@ -587,3 +587,59 @@ async fn stream_on_a_keep_alive_connection_after_another_request() -> anyhow::Re
     assert!(text.contains("\"seq\":1"));
     Ok(())
 }
+
+/// A stream names where each channel starts (an `id:` block with no event) before anything
+/// is published, so a client whose stream drops before its first event resumes from there
+/// instead of starting live again and missing what was published meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_dropped_before_its_first_event_resumes_from_its_start() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(dir.path(), &Opts::default())?;
+    let publisher = server.publisher();
+    publish_n(&publisher, "live:s", 2).await?;
+    let resp = reqwest::Client::new()
+        .get(server.url("/v1/sse?channel=live:s&channel=live:never"))
+        .bearer_auth(token("u1", &["live:*"]))
+        .send()
+        .await?;
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.bytes_stream();
+    let mut parser = SseParser::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while parser.last_event_id().is_none() {
+        let chunk = tokio::time::timeout_at(deadline, body.next())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("stream ended before an id:"))??;
+        assert!(parser.push(&chunk).is_empty(), "no event is dispatched");
+    }
+    let start = parser
+        .last_event_id()
+        .map(str::to_owned)
+        .unwrap_or_default();
+    let cursor = Cursor::decode(&start)?;
+    assert_eq!(
+        cursor
+            .get_hash(herald_proto::channel_hash("live:s"))
+            .map(|p| p.seq),
+        Some(2),
+        "starts after what was there"
+    );
+    assert_eq!(
+        cursor.get_hash(herald_proto::channel_hash("live:never")),
+        Some(Position::default()),
+        "a channel never published starts at its beginning"
+    );
+    drop(body);
+
+    publish_n(&publisher, "live:s", 1).await?;
+    publish_n(&publisher, "live:never", 1).await?;
+    let mut resumed = server
+        .subscriber(&["live:*"])
+        .subscribe(&["live:s", "live:never"], Some(&start))
+        .await?;
+    let got = take(&mut resumed, 2, WAIT).await?;
+    let by = seqs_by_channel(&got);
+    assert_eq!(by["live:s"], vec![3]);
+    assert_eq!(by["live:never"], vec![1]);
+    Ok(())
+}

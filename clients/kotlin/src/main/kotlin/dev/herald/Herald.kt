@@ -353,6 +353,7 @@ class Herald(
             if (ev == null) continue
             delivered = true
             when (ev.event) {
+                CURSOR_ONLY -> positions.moveCursor(ev.id)
                 "herald:reset" -> onReset(ev)
                 "herald:reconnect" -> return Outcome.Reconnect(Envelope.reconnectAfterMs(ev), Envelope.reconnectReason(ev))
                 else -> onMessage(ev)

@@ -11,6 +11,10 @@ import java.io.IOException
  */
 internal data class SseEvent(val event: String, val data: String, val id: String?)
 
+/** The event name of a block that carried only an `id:` (no event is dispatched for it). */
+internal const val CURSOR_ONLY = ""
+
+
 /**
  * The field-level half of the SSE parser (WHATWG "event stream interpretation"), fed one line
  * at a time. Kept apart from the byte reading so it can be tested on plain strings and so
@@ -66,10 +70,12 @@ internal class SseParser {
     }
 
     private fun dispatch(): SseEvent? {
-        val out = if (hasData) {
-            SseEvent(event?.takeIf { it.isNotEmpty() } ?: "message", data.toString(), id)
-        } else {
-            null
+        val out = when {
+            hasData -> SseEvent(event?.takeIf { it.isNotEmpty() } ?: "message", data.toString(), id)
+            // An `id:` with no event: Herald names where the stream starts this way, so a
+            // stream that drops before its first event still resumes from there.
+            id != null -> SseEvent(CURSOR_ONLY, "", id)
+            else -> null
         }
         data.setLength(0)
         hasData = false

@@ -67,6 +67,35 @@ class ResumeAcrossRestartTest {
     }
 
     @Test
+    fun `a stream that drops before its first event resumes from where it started`() = runBlocking {
+        withTimeout(60_000) {
+            HeraldServer().use { server ->
+                val ch = "live:quiet"
+                val herald = Herald(
+                    HeraldOptions(
+                        url = server.url,
+                        token = TokenSource.of(HeraldServer.token("kt", listOf("live:*"))),
+                        channels = listOf(ch),
+                        // Long enough that the publishes below happen while the client is away.
+                        retry = RetryOptions(baseMs = 4000, maxMs = 4000),
+                    ),
+                )
+                val rec = Recorder(herald, this)
+                herald.connect()
+                eventually(10_000, { "the starting cursor: ${herald.cursor}" }) { herald.cursor != null }
+                server.kill9()
+                server.restart()
+                server.publish(ch, buildJsonObject { put("n", 1) })
+                server.publish(ch, buildJsonObject { put("n", 2) })
+                eventually(20_000, { "both: ${rec.ns(ch)}" }) { rec.ns(ch).size == 2 }
+                assertEquals(listOf(1, 2), rec.ns(ch))
+                herald.close()
+                rec.stop()
+            }
+        }
+    }
+
+    @Test
     fun `herald-reconnect (stream lifetime) and going offline resume from the cursor`() = runBlocking {
         withTimeout(60_000) {
             HeraldServer(mapOf("HERALD_MAX_CONN_LIFETIME_SECS" to "2", "HERALD_RETRY_JITTER_MS" to "300")).use { server ->

@@ -38,6 +38,12 @@ class SseParserTest {
     }
 
     @Test
+    fun `an id without an event (where a stream starts) is passed on as a cursor only`() {
+        val (events, _) = parse("retry: 2537\nid: h1start\n\n: hb\n\n")
+        assertEquals(listOf(SseEvent(CURSOR_ONLY, "", "h1start")), events)
+    }
+
+    @Test
     fun `CRLF, bare CR and LF all end lines, multi-line data joins with LF`() {
         val (events, _) = parse("data: a\r\ndata: b\rdata:c\n\r\nevent:x\rdata: d\r\r")
         assertEquals(listOf(SseEvent("message", "a\nb\nc", null), SseEvent("x", "d", null)), events)
