@@ -104,11 +104,13 @@ export class Herald {
     return this.acks.sent;
   }
 
-  /** Opens the stream (and keeps it open until `close()` or a refusal that retrying cannot fix). */
+  /** Opens the stream (and keeps it open until `close()` or a refusal that retrying cannot
+   * fix); after `stopped`, tries again (the app changed its channels or token). */
   connect(): void {
     if (this.current === 'closed') throw new HeraldError('this client was closed');
-    if (this.started) return;
+    if (this.started && this.current !== 'stopped') return;
     this.started = true;
+    this.attempt = 0;
     this.attachNetwork();
     void this.open();
   }

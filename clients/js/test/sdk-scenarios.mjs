@@ -278,6 +278,12 @@ export const scenarios = {
     const y = await seen(forbidden, 'stopped', (x) => x.state === 'stopped');
     assert.equal(y.states.at(-1).error.code, 'channel_forbidden');
     assert.equal(y.attempts, 1);
+    // The app fixes what was refused and connects again (on a slot the others give back).
+    for (const c of clients) await c.close();
+    await forbidden.unsubscribe('live:x');
+    await forbidden.subscribe('other:x');
+    await forbidden.connect();
+    await seen(forbidden, 'open again', (x) => x.state === 'open');
   },
 
   async 'acks are batched per channel and sent on close'(d, cleanup) {
