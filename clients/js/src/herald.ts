@@ -229,7 +229,6 @@ export class Herald {
         this.setState({ state: 'open' });
       },
       onEvent: (e) => gen === this.generation && this.received(e),
-      onRetry: () => {},
       onCursor: (id) => {
         if (gen === this.generation) this.cursorValue = id;
       },

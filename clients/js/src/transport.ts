@@ -12,7 +12,6 @@ export type Ending =
 export interface StreamCallbacks {
   onOpen(): void;
   onEvent(e: SseEvent): void;
-  onRetry(ms: number): void;
   /** An `id:` without an event: the stream's cursor as it starts. */
   onCursor(id: string): void;
   onEnd(e: Ending): void;
@@ -99,7 +98,8 @@ export function openFetchStream(req: StreamRequest, cb: StreamCallbacks): Stream
     cb.onOpen();
     const parser = new SseParser(
       (e) => !done && cb.onEvent(e),
-      (ms) => !done && cb.onRetry(ms),
+      // The client keeps its own backoff: the server's `retry:` only sets EventSource's.
+      () => {},
       (id) => !done && cb.onCursor(id),
     );
     const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();

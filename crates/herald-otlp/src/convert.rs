@@ -8,6 +8,7 @@ use opentelemetry::trace::{
 use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub(crate) fn span_data(v: &SpanView, scope: &InstrumentationScope) -> SpanData {
@@ -27,12 +28,16 @@ pub(crate) fn span_data(v: &SpanView, scope: &InstrumentationScope) -> SpanData 
         attributes.push(KeyValue::new("herald.role", h.role.clone()));
     }
     // The last count of each name is the fan-out's total (written_last comes last).
-    for h in &v.hops {
-        for (k, n) in &h.counts {
-            attributes.retain(|a| a.key.as_str() != format!("herald.{k}"));
-            attributes.push(KeyValue::new(format!("herald.{k}"), *n as i64));
-        }
-    }
+    let counts: BTreeMap<&str, u64> = v
+        .hops
+        .iter()
+        .flat_map(|h| h.counts.iter().map(|(k, n)| (k.as_str(), *n)))
+        .collect();
+    attributes.extend(
+        counts
+            .into_iter()
+            .map(|(k, n)| KeyValue::new(format!("herald.{k}"), n as i64)),
+    );
     let mut events = SpanEvents::default();
     events.events = v.hops.iter().map(event).collect();
     SpanData {

@@ -190,9 +190,9 @@ impl Journal {
         } else {
             (SpanId::random(), Some(ctx.parent))
         };
-        self.record(ctx, channel, None, Step::Accepted, note);
+        let hop = self.hop(channel, None, Step::Accepted, crate::now_us(), note);
         let mut g = self.inner.lock();
-        let entry = self.entry(&mut g, ctx, channel, None);
+        let entry = self.add_hop(&mut g, ctx, hop);
         // Accepted twice (a retried forward): the first span stays the one handed on.
         let (span, _) = *entry.publish.get_or_insert((span, parent));
         TraceContext {
@@ -223,7 +223,28 @@ impl Journal {
         at_us: u64,
         note: Option<String>,
     ) {
-        let hop = Hop {
+        let hop = self.hop(channel, seq, step, at_us, note);
+        self.add_hop(&mut self.inner.lock(), ctx, hop);
+    }
+
+    /// Adds `hop` to the message's entry (made if new); returns the entry.
+    fn add_hop<'a>(&self, g: &'a mut Inner, ctx: &TraceContext, hop: Hop) -> &'a mut Entry {
+        let entry = self.entry(g, ctx, &hop.channel, hop.seq);
+        if entry.hops.len() < MAX_HOPS {
+            entry.hops.push(hop);
+        }
+        entry
+    }
+
+    fn hop(
+        &self,
+        channel: &str,
+        seq: Option<u64>,
+        step: Step,
+        at_us: u64,
+        note: Option<String>,
+    ) -> Hop {
+        Hop {
             process: self.process.clone(),
             role: self.role.clone(),
             step,
@@ -232,11 +253,6 @@ impl Journal {
             seq,
             note,
             counts: BTreeMap::new(),
-        };
-        let mut g = self.inner.lock();
-        let entry = self.entry(&mut g, ctx, channel, seq);
-        if entry.hops.len() < MAX_HOPS {
-            entry.hops.push(hop);
         }
     }
 

@@ -38,16 +38,7 @@ async fn message_crosses_from_dispatcher_b_to_node_a() -> anyhow::Result<()> {
         return Ok(());
     };
     let chans = ["cross:a", "cross:b", "cross:c"];
-    let start = from_start(&chans);
-    let mut subs = Vec::new();
-    for node in &cluster.nodes {
-        subs.push(
-            node.subscriber(&["cross:*"])
-                .subscribe(&chans, Some(&start))
-                .await
-                .with_context(|| format!("subscribe on {}", node.name))?,
-        );
-    }
+    let mut subs = cluster.subscribe_every_node("cross:*", &chans).await?;
     let (da, db) = (
         cluster.dispatchers[0].publisher(),
         cluster.dispatchers[1].publisher(),

@@ -59,15 +59,7 @@ async fn a_backend_trace_continues_through_every_cluster_process_into_jaeger() -
         return Ok(());
     };
     let channels = ["ot:a", "ot:b", "ot:c", "ot:d"];
-    let start = from_start(&channels);
-    let mut subs = Vec::new();
-    for node in &cluster.nodes {
-        subs.push(
-            node.subscriber(&["ot:*"])
-                .subscribe(&channels, Some(&start))
-                .await?,
-        );
-    }
+    let mut subs = cluster.subscribe_every_node("ot:*", &channels).await?;
     // Every channel through both dispatchers: one of the two publishes is forwarded.
     let mut traced = Vec::new();
     for d in &cluster.dispatchers {

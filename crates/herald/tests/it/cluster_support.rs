@@ -614,6 +614,26 @@ impl Cluster {
     pub fn node_bases(&self) -> Vec<String> {
         self.nodes.iter().map(|n| n.base.clone()).collect()
     }
+
+    /// One stream per node following `channels` from their first message (a token for
+    /// `pattern`), so nothing published afterwards can be missed.
+    pub async fn subscribe_every_node(
+        &self,
+        pattern: &str,
+        channels: &[&str],
+    ) -> anyhow::Result<Vec<Subscription>> {
+        let start = from_start(channels);
+        let mut subs = Vec::new();
+        for node in &self.nodes {
+            subs.push(
+                node.subscriber(&[pattern])
+                    .subscribe(channels, Some(&start))
+                    .await
+                    .with_context(|| format!("subscribe on {}", node.name))?,
+            );
+        }
+        Ok(subs)
+    }
 }
 
 impl Drop for Cluster {

@@ -42,15 +42,7 @@ async fn a_traced_message_names_every_hop_across_the_cluster() -> anyhow::Result
         return Ok(());
     };
     let channels = ["tr:a", "tr:b", "tr:c", "tr:d"];
-    let start = from_start(&channels);
-    let mut subs = Vec::new();
-    for node in &cluster.nodes {
-        subs.push(
-            node.subscriber(&["tr:*"])
-                .subscribe(&channels, Some(&start))
-                .await?,
-        );
-    }
+    let mut subs = cluster.subscribe_every_node("tr:*", &channels).await?;
     // Every channel through both dispatchers: one of the two publishes is forwarded.
     let mut traced = Vec::new();
     for d in &cluster.dispatchers {
